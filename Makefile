@@ -1,0 +1,30 @@
+# Set-up on a fresh machine: `make train` and `make test` install what they need into .venv.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+ARGS ?=
+
+.PHONY: install train test test-fast lint bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+train: install  ## train lite0 on the bundled sample; extra overrides: make train ARGS="aug=randaug"
+	$(PY) -m bloodcells.train trainer.enable_progress_bar=false $(ARGS)
+
+test: install  ## the whole suite, slow tests included
+	$(PY) -m pytest -q
+
+test-fast: install  ## inner loop: skips the tests that train for several epochs
+	$(PY) -m pytest -q -m "not slow"
+
+lint: install
+	$(PY) -m ruff check bloodcells tests bench
+	$(PY) -m ruff format --check bloodcells tests bench
+
+clean:
+	rm -rf outputs/*/ .pytest_cache

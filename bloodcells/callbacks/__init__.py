@@ -1,0 +1,1 @@
+"""Callbacks that know about the fine-tuning stages."""

@@ -1,0 +1,1 @@
+"""Data: readers, cleaning, splits, sampling, transforms and the datamodule."""

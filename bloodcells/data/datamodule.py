@@ -1,0 +1,117 @@
+"""The LightningDataModule: read, split (stratified, or the data's own split), augment, load."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+import albumentations as A
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from bloodcells.data.readers import DataError, ImageSet
+from bloodcells.data.split import stratified_split
+from bloodcells.data.transforms import build_pipeline, to_tensor
+
+log = logging.getLogger(__name__)
+
+
+class ImageArrayDataset(Dataset):
+    """Items are (uint8 CHW tensor, label, index into the full ImageSet)."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, index: np.ndarray, pipeline: A.Compose) -> None:
+        self.images, self.labels, self.index, self.pipeline = images, labels, index, pipeline
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
+        j = self.index[i]
+        image = self.pipeline(image=self.images[j])["image"]
+        return to_tensor(image), int(self.labels[j]), int(j)
+
+
+class BloodCellDataModule(pl.LightningDataModule):
+    def __init__(
+        self,
+        reader: Callable[..., ImageSet],
+        class_names: Sequence[str],
+        image_size: int = 96,
+        val_fraction: float = 0.15,
+        test_fraction: float = 0.15,
+        split_seed: int = 42,
+        use_data_split: bool = False,
+        train_transforms: Sequence[A.BasicTransform] = (),
+        batch_size: int = 32,
+        eval_batch_size: int = 128,
+        num_workers: int = 2,
+        pin_memory: bool = False,
+    ) -> None:
+        super().__init__()
+        self.reader = reader
+        self.class_names = tuple(class_names)
+        self.image_size = image_size
+        self.val_fraction, self.test_fraction = val_fraction, test_fraction
+        self.split_seed, self.use_data_split = split_seed, use_data_split
+        self.train_pipeline = build_pipeline(train_transforms, image_size)
+        self.eval_pipeline = build_pipeline([], image_size)
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.num_workers, self.pin_memory = num_workers, pin_memory
+        self.data: ImageSet | None = None
+        self.splits: dict[str, np.ndarray] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.data is not None:
+            return
+        self.data = self.reader(class_names=self.class_names)
+        self.splits = self.make_splits(self.data)
+        sizes = {k: len(v) for k, v in self.splits.items()}
+        log.info("%d images, split %s", len(self.data), sizes)
+
+    def make_splits(self, data: ImageSet) -> dict[str, np.ndarray]:
+        """train/val/test (stratified, or the data's own), plus 'all' for external test sets."""
+        if self.use_data_split:
+            if data.split is None:
+                raise DataError("data.use_data_split=true, but this data brings no split (only MedMNIST npz does)")
+            splits = {s: np.flatnonzero(data.split == s) for s in ("train", "val", "test")}
+        else:
+            splits = stratified_split(data.labels, self.val_fraction, self.test_fraction, self.split_seed)
+        return {**splits, "all": np.arange(len(data))}
+
+    def train_class_counts(self) -> np.ndarray:
+        self.setup()
+        return np.bincount(self.data.labels[self.splits["train"]], minlength=len(self.class_names))
+
+    def dataset(self, split: str, train: bool = False) -> ImageArrayDataset:
+        self.setup()
+        index = self.splits[split]
+        if len(index) == 0:
+            raise DataError(f"the '{split}' split is empty ({len(self.data)} images in all)")
+        pipeline = self.train_pipeline if train else self.eval_pipeline
+        return ImageArrayDataset(self.data.images, self.data.labels, index, pipeline)
+
+    def loader(self, dataset: Dataset, batch_size: int, shuffle: bool, drop_last: bool = False) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+            drop_last=drop_last,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = self.dataset("train", train=True)
+        return self.loader(dataset, self.batch_size, shuffle=True, drop_last=len(dataset) > self.batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.loader(self.dataset("val"), self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.loader(self.dataset("test"), self.eval_batch_size, shuffle=False)
+
+    def sources(self, index: np.ndarray) -> list[str]:
+        return [self.data.sources[i] for i in index]

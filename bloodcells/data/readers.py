@@ -1,0 +1,269 @@
+"""Readers for the three input formats, all returning one in-memory ``ImageSet``.
+
+Every reader validates its input and raises ``DataError`` naming the file (and the index
+or path) and what is wrong, so a user never sees a stack trace from deep inside torch.
+
+Colour policy (documented in the README): grayscale images are replicated to 3 channels
+and RGBA images lose their alpha channel (composited on nothing: alpha is dropped); both
+are logged once per file as a warning. Any other channel count is refused.
+"""
+
+from __future__ import annotations
+
+import logging
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from bloodcells import CLASS_NAMES
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+SPLITS = ("train", "val", "test")
+
+
+class DataError(ValueError):
+    """Bad input data, with a message that names the file and what is wrong."""
+
+
+@dataclass
+class ImageSet:
+    """Images (N x H x W x 3 uint8), integer labels, and where each image came from."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    sources: list[str]
+    class_names: tuple[str, ...] = CLASS_NAMES
+    split: np.ndarray | None = None
+    """Optional per-image split name ('train'/'val'/'test') that the data brings."""
+    meta: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, idx: np.ndarray) -> "ImageSet":
+        idx = np.asarray(idx, dtype=np.int64)
+        return ImageSet(
+            images=self.images[idx],
+            labels=self.labels[idx],
+            sources=[self.sources[i] for i in idx],
+            class_names=self.class_names,
+            split=None if self.split is None else self.split[idx],
+            meta=dict(self.meta),
+        )
+
+    def class_counts(self) -> np.ndarray:
+        return np.bincount(self.labels, minlength=len(self.class_names))
+
+
+def to_rgb(images: np.ndarray, where: str) -> np.ndarray:
+    """Return N x H x W x 3 uint8, converting grayscale and RGBA (see module docstring)."""
+    if images.ndim == 3:
+        log.warning("%s: grayscale images (N x H x W); replicating to 3 channels", where)
+        return np.repeat(images[..., None], 3, axis=-1)
+    if images.ndim != 4:
+        raise DataError(f"{where}: images must be N x H x W x 3, got shape {images.shape}")
+    channels = images.shape[-1]
+    if channels == 3:
+        return images
+    if channels == 1:
+        log.warning("%s: single-channel images; replicating to 3 channels", where)
+        return np.repeat(images, 3, axis=-1)
+    if channels == 4:
+        log.warning("%s: RGBA images; dropping the alpha channel", where)
+        return np.ascontiguousarray(images[..., :3])
+    raise DataError(f"{where}: images must have 1, 3 or 4 channels, got shape {images.shape}")
+
+
+def check_images(images: np.ndarray, where: str) -> np.ndarray:
+    if images.dtype != np.uint8:
+        raise DataError(f"{where}: images must be uint8 (0-255), got dtype {images.dtype}")
+    images = to_rgb(images, where)
+    if len(images) == 0:
+        raise DataError(f"{where}: holds no images")
+    return images
+
+
+def check_labels(labels: np.ndarray, n_images: int, n_classes: int, where: str) -> np.ndarray:
+    """Accept N or N x 1 integer labels in [0, n_classes); reject one-hot and anything else."""
+    labels = np.asarray(labels)
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 1:
+        raise DataError(f"{where}: labels must have shape N or N x 1, got {labels.shape}")
+    if not np.issubdtype(labels.dtype, np.integer):
+        if np.issubdtype(labels.dtype, np.floating) and np.all(np.mod(labels, 1) == 0):
+            labels = labels.astype(np.int64)
+        else:
+            raise DataError(f"{where}: labels must be integers, got dtype {labels.dtype}")
+    if len(labels) != n_images:
+        raise DataError(f"{where}: {n_images} images but {len(labels)} labels")
+    bad = np.flatnonzero((labels < 0) | (labels >= n_classes))
+    if len(bad):
+        i = int(bad[0])
+        raise DataError(
+            f"{where}: label {int(labels[i])} at index {i} is outside the class range "
+            f"0..{n_classes - 1} ({len(bad)} such labels)"
+        )
+    return labels.astype(np.int64)
+
+
+def open_npz(path: str | Path) -> np.lib.npyio.NpzFile:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError, zipfile.BadZipFile) as err:
+        raise DataError(f"{path}: not a readable .npz file ({err})") from err
+
+
+def require_key(npz: np.lib.npyio.NpzFile, key: str, path: str | Path) -> np.ndarray:
+    if key not in npz.files:
+        raise DataError(f"{path}: missing key '{key}' (keys present: {sorted(npz.files)})")
+    try:
+        return npz[key]
+    except (OSError, ValueError, zipfile.BadZipFile) as err:
+        raise DataError(f"{path}: array '{key}' is unreadable ({err})") from err
+
+
+def read_npz(path: str | Path, class_names: tuple[str, ...] = CLASS_NAMES) -> ImageSet:
+    """The course npz: ``images`` N x 96 x 96 x 3 uint8 and ``labels`` N x 1 or N."""
+    with open_npz(path) as npz:
+        images = check_images(require_key(npz, "images", path), str(path))
+        labels = check_labels(require_key(npz, "labels", path), len(images), len(class_names), str(path))
+    sources = [f"{Path(path).name}[{i}]" for i in range(len(images))]
+    return ImageSet(images, labels, sources, tuple(class_names))
+
+
+def read_medmnist(
+    path: str | Path, class_names: tuple[str, ...] = CLASS_NAMES, keep_split: bool = True
+) -> ImageSet:
+    """MedMNIST npz (``train_images``/``train_labels``, ``val_*``, ``test_*``).
+
+    With ``keep_split`` the official split travels in ``ImageSet.split``.
+    """
+    parts, splits, sources = [], [], []
+    labels_parts = []
+    with open_npz(path) as npz:
+        present = [s for s in SPLITS if f"{s}_images" in npz.files]
+        if not present:
+            raise DataError(
+                f"{path}: missing key 'train_images' (a MedMNIST npz has train_/val_/test_ "
+                f"images and labels; keys present: {sorted(npz.files)})"
+            )
+        for s in present:
+            where = f"{path} [{s}]"
+            imgs = check_images(require_key(npz, f"{s}_images", path), where)
+            labs = check_labels(require_key(npz, f"{s}_labels", path), len(imgs), len(class_names), where)
+            parts.append(imgs)
+            labels_parts.append(labs)
+            splits += [s] * len(imgs)
+            sources += [f"{Path(path).name}:{s}[{i}]" for i in range(len(imgs))]
+    shapes = {p.shape[1:] for p in parts}
+    if len(shapes) > 1:
+        raise DataError(f"{path}: splits have different image shapes {sorted(shapes)}")
+    return ImageSet(
+        np.concatenate(parts),
+        np.concatenate(labels_parts),
+        sources,
+        tuple(class_names),
+        split=np.array(splits) if keep_split else None,
+    )
+
+
+def load_image(path: Path) -> np.ndarray:
+    """Decode one image file fully (truncated files fail here, not later in a worker)."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            mode = im.mode
+            if mode in ("L", "LA", "I;16", "I", "F"):
+                log.warning("%s: grayscale image; replicating to 3 channels", path)
+            elif mode in ("RGBA", "PA"):
+                log.warning("%s: RGBA image; dropping the alpha channel", path)
+            return np.asarray(im.convert("RGB"))
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise DataError(f"{path}: unreadable or truncated image file ({err})") from err
+
+
+def stack_images(arrays: list[np.ndarray], paths: list[Path], image_size: int | None) -> np.ndarray:
+    """Stack decoded images; resize to ``image_size`` if given, else require one common size."""
+    if image_size is not None:
+        arrays = [resize_square(a, image_size) for a in arrays]
+    first = arrays[0].shape
+    for a, p in zip(arrays, paths):
+        if a.shape != first:
+            raise DataError(
+                f"{p}: image size {a.shape[1]}x{a.shape[0]} differs from {first[1]}x{first[0]} "
+                f"of {paths[0]}; set data.image_size to resize every image"
+            )
+    return np.stack(arrays)
+
+
+def resize_square(image: np.ndarray, size: int) -> np.ndarray:
+    """Centre-crop to a square, then Lanczos-resize (the PBC preprocessing)."""
+    h, w = image.shape[:2]
+    if (h, w) == (size, size):
+        return image
+    s = min(h, w)
+    top, left = (h - s) // 2, (w - s) // 2
+    im = Image.fromarray(image[top : top + s, left : left + s])
+    return np.asarray(im.resize((size, size), Image.Resampling.LANCZOS))
+
+
+def list_images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def read_folder(
+    root: str | Path, class_names: tuple[str, ...] = CLASS_NAMES, image_size: int | None = None
+) -> ImageSet:
+    """An image tree ``root/<class>/*.jpg|png``; folder names must be the class names."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: folder not found")
+    folders = sorted(p for p in root.iterdir() if p.is_dir())
+    unknown = [p.name for p in folders if p.name not in class_names]
+    if unknown:
+        raise DataError(f"{root}: class folders {unknown} are not among the class names {list(class_names)}")
+    if not folders:
+        raise DataError(f"{root}: no class folders (expected {root}/<class>/*.jpg)")
+    arrays, paths, labels = [], [], []
+    for folder in folders:
+        files = list_images(folder)
+        if not files:
+            raise DataError(f"{folder}: class folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        label = class_names.index(folder.name)
+        for f in files:
+            arrays.append(load_image(f))
+            paths.append(f)
+            labels.append(label)
+    images = stack_images(arrays, paths, image_size)
+    sources = [str(p.relative_to(root)) for p in paths]
+    return ImageSet(images, np.array(labels, dtype=np.int64), sources, tuple(class_names))
+
+
+def read_unlabelled(path: str | Path, image_size: int | None = None) -> tuple[np.ndarray, list[str]]:
+    """Images to predict on: an npz (``images`` or ``test_images``), a folder tree, or one file."""
+    path = Path(path)
+    if path.is_dir():
+        files = list_images(path)
+        if not files:
+            raise DataError(f"{path}: holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        images = stack_images([load_image(f) for f in files], files, image_size)
+        return images, [str(f.relative_to(path)) for f in files]
+    if path.suffix == ".npz":
+        with open_npz(path) as npz:
+            key = "images" if "images" in npz.files else "test_images"
+            images = check_images(require_key(npz, key, path), str(path))
+        if image_size is not None:
+            images = np.stack([resize_square(a, image_size) for a in images])
+        return images, [f"{path.name}[{i}]" for i in range(len(images))]
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    return stack_images([load_image(path)], [path], image_size), [path.name]

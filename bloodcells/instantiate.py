@@ -1,0 +1,39 @@
+"""Build the run's objects from a composed config (shared by train and evaluate)."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from bloodcells.data.datamodule import BloodCellDataModule
+from bloodcells.models.module import CellClassifier
+
+
+def plain(cfg: DictConfig) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def build_datamodule(cfg: DictConfig) -> BloodCellDataModule:
+    return instantiate(cfg.data)
+
+
+def build_model(cfg: DictConfig) -> CellClassifier:
+    """The model config plus the parts it needs from other groups, as plain hparams."""
+    return instantiate(
+        cfg.model,
+        class_names=list(cfg.class_names),
+        image_size=cfg.data.image_size,
+        optim=plain(cfg.optim),
+        sched=plain(cfg.sched),
+        loss=plain(cfg.loss),
+        finetune=plain(cfg.finetune),
+        head=plain(cfg.model.head),
+        _recursive_=False,
+    )
+
+
+def build_trainer(cfg: DictConfig, **overrides) -> pl.Trainer:
+    callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
+    loggers = [instantiate(c) for c in cfg.get("logger", {}).values() if c is not None]
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **overrides)

@@ -1,0 +1,65 @@
+"""Test metrics from predicted probabilities: the honest set for an imbalanced 8-class task.
+
+AUROC is saturated on this data, so balanced accuracy, macro F1, per-class recall and
+calibration (ECE) are reported beside it. Train, evaluate and TTA all call ``compute_metrics``
+on the same arrays, so their figures are comparable by construction.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torchmetrics.functional.classification as M
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+
+def validation_metrics(num_classes: int) -> MetricCollection:
+    """Scalar metrics logged every validation epoch (synchronised across DDP ranks)."""
+    return MetricCollection(
+        {
+            "acc": MulticlassAccuracy(num_classes, average="micro"),
+            "balanced_acc": MulticlassAccuracy(num_classes, average="macro"),
+            "f1": MulticlassF1Score(num_classes, average="macro"),
+        }
+    )
+
+
+def compute_metrics(probs: torch.Tensor, targets: torch.Tensor, class_names: list[str]) -> dict:
+    """Scalar metrics plus per-class rows and the confusion matrix (counts)."""
+    k = len(class_names)
+    probs, targets = probs.float(), targets.long()
+    preds = probs.argmax(dim=1)
+    present = torch.bincount(targets, minlength=k) > 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # absent classes: handled by `present` below
+        auroc = M.multiclass_auroc(probs, targets, k, average=None)
+        recall = M.multiclass_recall(preds, targets, k, average=None)
+        precision = M.multiclass_precision(preds, targets, k, average=None)
+        f1 = M.multiclass_f1_score(preds, targets, k, average=None)
+    confusion = M.multiclass_confusion_matrix(preds, targets, k)
+    support = confusion.sum(dim=1)
+    scalars = {
+        "n": int(len(targets)),
+        "accuracy": float((preds == targets).float().mean()),
+        "balanced_accuracy": float(recall[present].mean()),
+        "macro_precision": float(precision[present].mean()),
+        "macro_recall": float(recall[present].mean()),
+        "macro_f1": float(f1[present].mean()),
+        "macro_auroc": float(auroc[present].mean()) if present.sum() > 1 else float("nan"),
+        "ece": float(M.multiclass_calibration_error(probs, targets, k, n_bins=15)),
+        "nll": float(torch.nn.functional.nll_loss(probs.clamp_min(1e-12).log(), targets)),
+    }
+    per_class = [
+        {
+            "class": name,
+            "support": int(support[i]),
+            "recall": float(recall[i]),
+            "precision": float(precision[i]),
+            "f1": float(f1[i]),
+            "auroc": float(auroc[i]) if present[i] else float("nan"),
+        }
+        for i, name in enumerate(class_names)
+    ]
+    return {"metrics": scalars, "per_class": per_class, "confusion_matrix": confusion.tolist()}

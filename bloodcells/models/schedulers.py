@@ -1,0 +1,94 @@
+"""An epoch-wise LR schedule that composes staged fine-tuning with cosine or plateau decay.
+
+``lr_g(epoch) = base_lr_g * stage_multiplier_g(epoch) * decay(epoch)``. The stage
+multipliers come from a ``FinetuneSchedule``; ``decay`` is a warmup + cosine curve over the
+run, or a ReduceLROnPlateau-style scale that restarts at 1 when a new stage begins (a new
+stage brings new trainable weights, so the old plateau says nothing about them). All state
+is plain data in ``state_dict`` so a resumed run continues exactly.
+"""
+
+from __future__ import annotations
+
+import math
+
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+
+from bloodcells.models.finetune import FinetuneSchedule
+
+
+class StagedLR(LRScheduler):
+    """Group 0 is the head (multiplier 1); groups 1.. are the backbone blocks in order."""
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        schedule: FinetuneSchedule,
+        decay: str = "cosine",
+        max_epochs: int = 10,
+        warmup_epochs: int = 0,
+        min_factor: float = 0.01,
+        plateau_factor: float = 0.5,
+        plateau_patience: int = 2,
+        plateau_mode: str = "min",
+    ) -> None:
+        if decay not in ("cosine", "plateau", "constant"):
+            raise ValueError(f"unknown LR decay '{decay}' (cosine, plateau, constant)")
+        self.stages = [(s.epoch, s.unfreeze, s.lr_factor) for s in schedule.stages]
+        self.n_blocks = schedule.n_blocks
+        self.decay = decay
+        self.max_epochs = max_epochs
+        self.warmup_epochs = warmup_epochs
+        self.min_factor = min_factor
+        self.plateau_factor = plateau_factor
+        self.plateau_patience = plateau_patience
+        self.plateau_mode = plateau_mode
+        self.plateau_scale = 1.0
+        self.plateau_best: float | None = None
+        self.plateau_bad_epochs = 0
+        super().__init__(optimizer)
+
+    def _schedule(self) -> FinetuneSchedule:
+        return FinetuneSchedule([dict(epoch=e, unfreeze=u, lr_factor=f) for e, u, f in self.stages], self.n_blocks)
+
+    def decay_factor(self, epoch: int) -> float:
+        if self.decay == "plateau":
+            return self.plateau_scale
+        if epoch < self.warmup_epochs:
+            return (epoch + 1) / (self.warmup_epochs + 1)
+        if self.decay == "constant":
+            return 1.0
+        span = max(1, self.max_epochs - self.warmup_epochs)
+        t = min(1.0, (epoch - self.warmup_epochs) / span)
+        return self.min_factor + (1 - self.min_factor) * 0.5 * (1 + math.cos(math.pi * t))
+
+    def get_lr(self) -> list[float]:
+        epoch = max(0, self.last_epoch)
+        multipliers = [1.0, *self._schedule().block_multipliers(epoch)]
+        if len(multipliers) != len(self.base_lrs):
+            raise ValueError(f"StagedLR expects 1 + {self.n_blocks} param groups, optimizer has {len(self.base_lrs)}")
+        d = self.decay_factor(epoch)
+        return [base * m * d for base, m in zip(self.base_lrs, multipliers)]
+
+    def step(self, metric: float | None = None) -> None:  # type: ignore[override]
+        """Advance one epoch; ``metric`` feeds the plateau decay."""
+        if self.decay == "plateau" and metric is not None:
+            self._update_plateau(float(metric))
+        schedule = self._schedule()
+        if self.last_epoch >= 0 and schedule.phase(self.last_epoch + 1) != schedule.phase(self.last_epoch):
+            self.plateau_scale, self.plateau_best, self.plateau_bad_epochs = 1.0, None, 0
+        super().step()
+
+    def _update_plateau(self, metric: float) -> None:
+        better = (
+            self.plateau_best is None
+            or (self.plateau_mode == "min" and metric < self.plateau_best)
+            or (self.plateau_mode == "max" and metric > self.plateau_best)
+        )
+        if better:
+            self.plateau_best, self.plateau_bad_epochs = metric, 0
+            return
+        self.plateau_bad_epochs += 1
+        if self.plateau_bad_epochs > self.plateau_patience:
+            self.plateau_scale *= self.plateau_factor
+            self.plateau_bad_epochs = 0

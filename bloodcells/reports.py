@@ -1,0 +1,70 @@
+"""Write an evaluation to a run dir: metrics.json, per_class.csv, predictions.csv, plots."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def write_predictions(path: Path, sources: list[str], probs: np.ndarray, class_names: list[str], targets: np.ndarray | None = None) -> None:
+    """One row per image: source, [true class,] predicted class, one probability per class."""
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        header = ["source"] + (["true"] if targets is not None else []) + ["pred"] + [f"p_{c}" for c in class_names]
+        w.writerow(header)
+        for i, (src, p) in enumerate(zip(sources, probs)):
+            row = [src] + ([class_names[int(targets[i])]] if targets is not None else [])
+            w.writerow(row + [class_names[int(p.argmax())]] + [f"{x:.6f}" for x in p])
+
+
+def plot_confusion_matrix(path: Path, confusion: np.ndarray, class_names: list[str], title: str) -> None:
+    """Row-normalised colours (recall per true class) with the counts written in."""
+    rows = confusion.sum(axis=1, keepdims=True)
+    norm = np.divide(confusion, rows, out=np.zeros_like(confusion, dtype=float), where=rows > 0)
+    fig, ax = plt.subplots(figsize=(7, 6))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
+    ax.set_yticks(range(len(class_names)), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    for i in range(len(class_names)):
+        for j in range(len(class_names)):
+            ax.text(j, i, int(confusion[i, j]), ha="center", va="center", fontsize=8, color="white" if norm[i, j] > 0.5 else "black")
+    fig.colorbar(im, ax=ax, label="fraction of true class")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_evaluation(out_dir: Path, results: dict, sources: list[str], class_names: list[str], title: str = "test") -> dict:
+    """Write every artefact of one evaluation; returns the scalar metrics."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metrics = dict(results["metrics"])
+    (out_dir / "metrics.json").write_text(
+        json.dumps({"metrics": metrics, "per_class": results["per_class"], "confusion_matrix": results["confusion_matrix"]}, indent=2)
+    )
+    with open(out_dir / "per_class.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(results["per_class"][0]))
+        w.writeheader()
+        w.writerows(results["per_class"])
+    probs = np.asarray(results["probs"])
+    write_predictions(out_dir / "predictions.csv", sources, probs, class_names, np.asarray(results["targets"]))
+    plot_confusion_matrix(out_dir / "confusion_matrix.png", np.asarray(results["confusion_matrix"]), class_names, title)
+    return metrics
+
+
+def format_summary(metrics: dict, per_class: list[dict]) -> str:
+    lines = [
+        f"accuracy {metrics['accuracy']:.4f}  balanced {metrics['balanced_accuracy']:.4f}  "
+        f"macro-F1 {metrics['macro_f1']:.4f}  AUROC {metrics['macro_auroc']:.4f}  ECE {metrics['ece']:.4f}  (n={metrics['n']})",
+        "recall per class: " + "  ".join(f"{r['class']} {r['recall']:.2f}" for r in per_class),
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,57 @@
+"""Train, then test the best checkpoint: ``python -m bloodcells.train model=... data=...``.
+
+Writes into the run dir: the resolved config (.hydra/), checkpoints/, metrics.json,
+per_class.csv, predictions.csv, confusion_matrix.png and the CSV training log.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import hydra
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig
+
+from bloodcells.config import CONFIG_DIR
+from bloodcells.instantiate import build_datamodule, build_model, build_trainer
+from bloodcells.reports import format_summary, write_evaluation
+
+log = logging.getLogger(__name__)
+
+
+def train(cfg: DictConfig) -> dict:
+    """Fit, test the best checkpoint, write the reports; returns the test metrics."""
+    pl.seed_everything(cfg.seed, workers=True)
+    run_dir = Path(cfg.paths.output_dir)
+    datamodule = build_datamodule(cfg)
+    model = build_model(cfg)
+    trainer = build_trainer(cfg)
+    start = time.perf_counter()
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    fit_seconds = time.perf_counter() - start
+    if not cfg.get("test", True):
+        return {"fit_seconds": fit_seconds}
+    best = next((c.best_model_path for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), "")
+    trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=False)
+    if not trainer.is_global_zero:
+        return {}
+    results = model.test_results
+    sources = datamodule.sources(results["index"].numpy())
+    metrics = write_evaluation(run_dir, results, sources, model.class_names)
+    metrics.update(fit_seconds=fit_seconds, best_checkpoint=best, run_dir=str(run_dir))
+    print(f"\nTest of {best or 'the last weights'}:\n{format_summary(metrics, results['per_class'])}")
+    print(f"Run dir: {run_dir}  (metrics.json, per_class.csv, predictions.csv, confusion_matrix.png, checkpoints/)")
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    metrics = train(cfg)
+    return metrics.get("balanced_accuracy")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""End to end: fast_dev_run, then a short real run whose checkpoint evaluate and predict reuse."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bloodcells.config import PROJECT_ROOT
+from bloodcells.evaluate import evaluate
+from bloodcells.models.module import load_classifier
+from bloodcells.predict import predict
+from bloodcells.train import train
+from tests.conftest import compose_config
+
+
+def test_fast_dev_run_trains_and_tests_tiny_model(train_cfg):
+    cfg = train_cfg("+trainer.fast_dev_run=true", "callbacks=none")
+    metrics = train(cfg)
+    assert 0.0 <= metrics["accuracy"] <= 1.0
+    assert (Path(cfg.paths.output_dir) / "metrics.json").is_file()
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.slow
+def test_short_run_then_evaluate_and_predict_agree_with_test_step(train_cfg, tmp_path):
+    cfg = train_cfg("trainer.max_epochs=3", "finetune=full")
+    metrics = train(cfg)
+    run_dir = Path(cfg.paths.output_dir)
+    for name in ("metrics.json", "per_class.csv", "predictions.csv", "confusion_matrix.png", "checkpoints/last.ckpt"):
+        assert (run_dir / name).is_file(), name
+    test_rows = read_csv(run_dir / "predictions.csv")
+    assert len(test_rows) == metrics["n"] == 96
+    saved = json.loads((run_dir / "metrics.json").read_text())["metrics"]
+    assert saved["accuracy"] == pytest.approx(metrics["accuracy"])
+
+    ckpt = metrics["best_checkpoint"]
+    eval_dir = tmp_path / "eval"
+    eval_cfg = compose_config("evaluate", [f"ckpt_path={ckpt}", "data.num_workers=0"], eval_dir)
+    eval_metrics = evaluate(eval_cfg)
+    eval_rows = read_csv(eval_dir / "predictions.csv")
+    assert [r["source"] for r in eval_rows] == [r["source"] for r in test_rows]
+    assert [r["pred"] for r in eval_rows] == [r["pred"] for r in test_rows]
+    probs = lambda rows: np.array([[float(r[k]) for k in r if k.startswith("p_")] for r in rows])  # noqa: E731
+    np.testing.assert_allclose(probs(eval_rows), probs(test_rows), atol=1e-5)
+    assert eval_metrics["accuracy"] == pytest.approx(metrics["accuracy"])
+
+    # predict on the test images as files: same probabilities as the test step
+    sample = PROJECT_ROOT / "data" / "sample"
+    images_dir = tmp_path / "images"
+    for r in test_rows[:20]:
+        dest = images_dir / r["source"]
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes((sample / r["source"]).read_bytes())
+    pred_cfg = compose_config("predict", [f"ckpt_path={ckpt}", f"input={images_dir}"], tmp_path / "pred")
+    pred_rows = {r["source"]: r for r in read_csv(predict(pred_cfg))}
+    for r in test_rows[:20]:
+        assert pred_rows[r["source"]]["pred"] == r["pred"]
+        np.testing.assert_allclose(probs([pred_rows[r["source"]]]), probs([r]), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_checkpoint_carries_what_predict_needs(train_cfg):
+    cfg = train_cfg("trainer.max_epochs=1", "finetune=full", "test=false")
+    train(cfg)
+    ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    model = load_classifier(str(ckpt))
+    assert model.class_names[3] == "ig" and model.hparams.image_size == 96
+    assert model.hparams.backbone == "test_efficientnet"
+    x = torch.randint(0, 256, (2, 3, 96, 96), dtype=torch.uint8)
+    assert model(x).shape == (2, 8)
+
+
+@pytest.mark.slow
+def test_cli_writes_one_run_dir_and_prints_summary(tmp_path):
+    cmd = [sys.executable, "-m", "bloodcells.train", "model=tiny", "+trainer.fast_dev_run=true", "callbacks=none",
+           "data.num_workers=0", "trainer.enable_progress_bar=false", f"paths.log_dir={tmp_path}"]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=PROJECT_ROOT, env={"HF_HUB_OFFLINE": "1", "PATH": ""})
+    assert out.returncode == 0, out.stderr[-3000:]
+    runs = list((tmp_path / "train" / "runs").iterdir())
+    assert len(runs) == 1
+    assert f"Run dir: {runs[0]}" in out.stdout
+    assert (runs[0] / ".hydra" / "config.yaml").is_file() and (runs[0] / "metrics.json").is_file()
