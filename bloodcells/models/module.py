@@ -152,9 +152,12 @@ class CellClassifier(pl.LightningModule):
         groups += [{"params": [params[n] for n in names], "name": f"block{i}"} for i, names in enumerate(self.blocks)]
         return groups
 
-    def configure_optimizers(self) -> dict:
+    def build_optimizer(self) -> torch.optim.Optimizer:
         opt_cfg = {k: v for k, v in self.hparams.optim.items() if k != "head_weight_decay"}
-        optimizer = hydra.utils.instantiate(opt_cfg, _partial_=True)(self.param_groups())
+        return hydra.utils.instantiate(opt_cfg, _partial_=True)(self.param_groups())
+
+    def configure_optimizers(self) -> dict:
+        optimizer = self.build_optimizer()
         sched = dict(self.hparams.sched)
         monitor = sched.pop("monitor", "val/loss")
         max_epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
