@@ -72,13 +72,13 @@ def clean(cfg: DictConfig) -> CleanReport:
     out_dir = Path(cfg.paths.output_dir)
     data: ImageSet = instantiate(cfg.data.reader)(class_names=tuple(cfg.class_names))
     start = time.perf_counter()
-    report = clean_dataset(data.images, data.labels, data.class_names, **cfg.clean)
+    report = clean_dataset(data.images, data.labels, data.class_names, **cfg.data.clean_options)
     seconds = time.perf_counter() - start
     write_clean_outputs(out_dir, data, report)
     print(f"{len(data)} images, {len(report.groups)} duplicate groups {report.counts['groups_by_decision']}, "
           f"{len(report.outliers)} outliers flagged; removed {len(report.removed)} ({seconds:.1f} s)")
     if cfg.get("audit"):
-        found = audit(out_dir, data, cfg.audit, cfg.clean.hash, cfg.clean.threshold, cfg.clean.min_correlation)
+        found = audit(out_dir, data, cfg.audit, cfg.data.clean_options.hash, cfg.data.clean_options.threshold, cfg.data.clean_options.min_correlation)
         print(f"audit: {len({f['audit_index'] for f in found})} images of {cfg.audit} have a near-duplicate in the data")
     print(f"Run dir: {out_dir}  (report.json, groups.png, outliers.png, mean_pixel_histogram.png, cleaned.npz)")
     return report

@@ -26,6 +26,10 @@ def options() -> list[str]:
 @pytest.mark.parametrize("option", options())
 def test_every_group_option_composes(option: str, tmp_path: Path) -> None:
     group, name = option.split("/")
+    if group == "clean":  # nested in data as data.clean_options
+        cfg = compose_config("clean", [f"clean@data.clean_options={name}"], tmp_path)
+        assert cfg.data.clean_options.threshold >= 0
+        return
     prefix = "+" if group in ("experiment",) else ""
     cfg = compose_config("train", [f"{prefix}{group}={name}", *NEEDS_VALUE.get(option, [])], tmp_path)
     assert cfg[group if group not in ("hydra",) else "task_name"] is not None
@@ -34,9 +38,9 @@ def test_every_group_option_composes(option: str, tmp_path: Path) -> None:
         assert all(hasattr(t, "__call__") for t in transforms)
 
 
-@pytest.mark.parametrize("name", ["train", "evaluate", "predict"])
+@pytest.mark.parametrize("name", ["train", "evaluate", "predict", "clean"])
 def test_entry_point_configs_compose(name: str, tmp_path: Path) -> None:
-    overrides = {"train": [], "evaluate": ["ckpt_path=x"], "predict": ["ckpt_path=x", "input=y"]}[name]
+    overrides = {"train": [], "clean": [], "evaluate": ["ckpt_path=x"], "predict": ["ckpt_path=x", "input=y"]}[name]
     cfg = compose_config(name, overrides, tmp_path)
     assert cfg.task_name == name
 

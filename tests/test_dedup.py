@@ -124,3 +124,31 @@ def test_clean_cli_writes_report_sheets_and_cleaned_npz(sample, tmp_path):
     cleaned = np.load(run / "cleaned.npz")
     assert len(cleaned["labels"]) == len(planted.labels) - len(report.removed)
     assert json.loads((run / "audit.json").read_text())["with_duplicate_in_data"] == 4
+
+
+def test_datamodule_cleans_once_then_reuses_the_cache(sample, tmp_path, monkeypatch):
+    import bloodcells.data.datamodule as dm_module
+    from bloodcells.data.datamodule import BloodCellDataModule
+    from bloodcells.data.readers import read_npz
+
+    planted = plant_pollution(sample.images, sample.labels, overlay_copies=60, exact=5, near=5, outliers=0)
+    path = tmp_path / "polluted.npz"
+    np.savez(path, images=planted.images, labels=planted.labels)
+
+    def make() -> BloodCellDataModule:
+        reader = lambda class_names: read_npz(path, class_names)  # noqa: E731
+        return BloodCellDataModule(reader, sample.class_names, clean=True, cache_dir=str(tmp_path / "cache"), num_workers=0)
+
+    first = make()
+    first.setup()
+    assert len(first.data) == planted.n_clean
+    assert len(list((tmp_path / "cache").glob("clean-*.json"))) == 1
+
+    def fail(*args, **kwargs):
+        raise AssertionError("cleaning ran again instead of using the cache")
+
+    monkeypatch.setattr(dm_module, "clean_dataset", fail)
+    second = make()
+    second.setup()
+    assert second.data.sources == first.data.sources
+    assert all(np.array_equal(first.splits[k], second.splits[k]) for k in ("train", "val", "test"))

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import albumentations as A
 import lightning.pytorch as pl
@@ -11,11 +14,50 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from bloodcells.data.dedup import clean_dataset
 from bloodcells.data.readers import DataError, ImageSet
+from bloodcells.data.sampling import weighted_sampler
 from bloodcells.data.split import stratified_split
 from bloodcells.data.transforms import build_pipeline, to_tensor
 
 log = logging.getLogger(__name__)
+
+
+def apply_cleaning(data: ImageSet, options: dict, cache_dir: str | None) -> tuple[ImageSet, np.ndarray]:
+    """Run (or reuse) the cleaning of ``bloodcells.clean`` and return the kept data and its
+    near-duplicate group ids, which the split keeps on one side."""
+    cached = None
+    if cache_dir:
+        key = hashlib.blake2b(digest_size=16)
+        key.update(np.ascontiguousarray(data.images).data)
+        key.update(np.ascontiguousarray(data.labels).data)
+        key.update(json.dumps(options, sort_keys=True).encode())
+        cached = Path(cache_dir) / f"clean-{key.hexdigest()}.json"
+    if cached is not None and cached.is_file():
+        decided = json.loads(cached.read_text())
+        log.info("cleaning: reusing %s", cached)
+    else:
+        report = clean_dataset(data.images, data.labels, data.class_names, **options)
+        decided = {"removed": report.removed, "relabelled": report.relabelled, "group_of": report.group_of, "counts": report.counts}
+        if cached is not None:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            cached.write_text(json.dumps(decided))
+    log.info("cleaning: removed %d of %d images %s", len(decided["removed"]), len(data), decided["counts"].get("groups_by_decision"))
+    for index, label in decided["relabelled"].items():
+        data.labels[int(index)] = label
+    keep = np.setdiff1d(np.arange(len(data)), decided["removed"])
+    return data.subset(keep), np.asarray(decided["group_of"])[keep]
+
+
+def seed_worker_pipeline(worker_id: int) -> None:
+    """Give each DataLoader worker its own augmentation stream, derived from torch's seed.
+
+    albumentations 2.0.8 transforms own their RNGs (seeded at construction, from OS
+    entropy unless told); without this, runs are not reproducible and workers repeat each
+    other's augmentations.
+    """
+    info = torch.utils.data.get_worker_info()
+    info.dataset.pipeline.set_random_seed(torch.initial_seed() % 2**32)
 
 
 class ImageArrayDataset(Dataset):
@@ -48,6 +90,10 @@ class BloodCellDataModule(pl.LightningDataModule):
         eval_batch_size: int = 128,
         num_workers: int = 2,
         pin_memory: bool = False,
+        sampler: str = "none",
+        clean: bool = False,
+        clean_options: dict | None = None,
+        cache_dir: str | None = None,
     ) -> None:
         super().__init__()
         self.reader = reader
@@ -59,13 +105,19 @@ class BloodCellDataModule(pl.LightningDataModule):
         self.eval_pipeline = build_pipeline([], image_size)
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.num_workers, self.pin_memory = num_workers, pin_memory
+        self.sampler = sampler
+        self.clean, self.clean_options, self.cache_dir = clean, dict(clean_options or {}), cache_dir
+        self.groups: np.ndarray | None = None
         self.data: ImageSet | None = None
         self.splits: dict[str, np.ndarray] = {}
 
     def setup(self, stage: str | None = None) -> None:
         if self.data is not None:
             return
-        self.data = self.reader(class_names=self.class_names)
+        data = self.reader(class_names=self.class_names)
+        if self.clean:
+            data, self.groups = apply_cleaning(data, self.clean_options, self.cache_dir)
+        self.data = data
         self.splits = self.make_splits(self.data)
         sizes = {k: len(v) for k, v in self.splits.items()}
         log.info("%d images, split %s", len(self.data), sizes)
@@ -77,7 +129,7 @@ class BloodCellDataModule(pl.LightningDataModule):
                 raise DataError("data.use_data_split=true, but this data brings no split (only MedMNIST npz does)")
             splits = {s: np.flatnonzero(data.split == s) for s in ("train", "val", "test")}
         else:
-            splits = stratified_split(data.labels, self.val_fraction, self.test_fraction, self.split_seed)
+            splits = stratified_split(data.labels, self.val_fraction, self.test_fraction, self.split_seed, self.groups)
         return {**splits, "all": np.arange(len(data))}
 
     def train_class_counts(self) -> np.ndarray:
@@ -92,20 +144,30 @@ class BloodCellDataModule(pl.LightningDataModule):
         pipeline = self.train_pipeline if train else self.eval_pipeline
         return ImageArrayDataset(self.data.images, self.data.labels, index, pipeline)
 
-    def loader(self, dataset: Dataset, batch_size: int, shuffle: bool, drop_last: bool = False) -> DataLoader:
+    def loader(self, dataset: Dataset, batch_size: int, shuffle: bool = False, drop_last: bool = False, sampler=None) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=batch_size,
             shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
             drop_last=drop_last,
+            worker_init_fn=seed_worker_pipeline if self.num_workers > 0 else None,
         )
 
     def train_dataloader(self) -> DataLoader:
         dataset = self.dataset("train", train=True)
-        return self.loader(dataset, self.batch_size, shuffle=True, drop_last=len(dataset) > self.batch_size)
+        seed = int(torch.randint(2**31, (1,)).item())  # from torch's RNG: fixed by seed_everything
+        dataset.pipeline.set_random_seed(seed)
+        sampler = None
+        if self.sampler == "weighted":
+            sampler = weighted_sampler(self.data.labels[dataset.index], len(self.class_names), seed)
+        elif self.sampler != "none":
+            raise ValueError(f"data.sampler must be none or weighted, got {self.sampler!r}")
+        drop_last = len(dataset) > self.batch_size
+        return self.loader(dataset, self.batch_size, shuffle=sampler is None, drop_last=drop_last, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:
         return self.loader(self.dataset("val"), self.eval_batch_size, shuffle=False)

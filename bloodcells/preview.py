@@ -1,0 +1,55 @@
+"""Preview an augmentation pipeline: ``python -m bloodcells.preview aug=mixed``.
+
+Writes ``preview.png`` into its run dir: one row per class (a sample image), the original
+then ``n`` augmented versions (the first report's figure 2).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from hydra.utils import instantiate  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from bloodcells.config import CONFIG_DIR  # noqa: E402
+from bloodcells.data.readers import ImageSet  # noqa: E402
+from bloodcells.data.transforms import build_pipeline  # noqa: E402
+
+
+def preview(cfg: DictConfig) -> Path:
+    data: ImageSet = instantiate(cfg.data.reader)(class_names=tuple(cfg.class_names))
+    pipeline = build_pipeline(instantiate(cfg.aug.train))
+    pipeline.set_random_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    classes = [c for c in range(len(data.class_names)) if np.any(data.labels == c)]
+    fig, axes = plt.subplots(len(classes), cfg.n + 1, figsize=(1.4 * (cfg.n + 1), 1.5 * len(classes)), squeeze=False)
+    for row, c in enumerate(classes):
+        image = data.images[rng.choice(np.flatnonzero(data.labels == c))]
+        versions = [image] + [pipeline(image=image)["image"] for _ in range(cfg.n)]
+        for col, im in enumerate(versions):
+            axes[row, col].imshow(im)
+            axes[row, col].axis("off")
+        axes[row, 0].set_title(data.class_names[c], fontsize=8, loc="left")
+    axes[0, 1].set_title("augmented ->", fontsize=8, loc="left")
+    fig.tight_layout()
+    out = Path(cfg.paths.output_dir) / "preview.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    print(f"Preview of aug={cfg.aug_name}: {out}")
+    return out
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="preview")
+def main(cfg: DictConfig) -> None:
+    preview(cfg)
+
+
+if __name__ == "__main__":
+    main()
