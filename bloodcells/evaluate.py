@@ -11,30 +11,17 @@ from pathlib import Path
 
 import hydra
 import lightning.pytorch as pl
-import torch
 from omegaconf import DictConfig
 
 from bloodcells.config import CONFIG_DIR
 from bloodcells.data.datamodule import BloodCellDataModule
 from bloodcells.data.readers import DataError
 from bloodcells.instantiate import build_datamodule
-from bloodcells.metrics import compute_metrics
+from bloodcells.inference import evaluate_loader
 from bloodcells.models.module import CellClassifier, load_classifier
 from bloodcells.reports import format_summary, write_evaluation
 
 log = logging.getLogger(__name__)
-
-
-@torch.inference_mode()
-def predict_probs(model: CellClassifier, loader: torch.utils.data.DataLoader) -> dict[str, torch.Tensor]:
-    """Softmax probabilities, targets and image indices for every batch of ``loader``."""
-    model.eval()
-    probs, targets, index = [], [], []
-    for images, y, idx in loader:
-        probs.append(model(images.to(model.device)).float().softmax(dim=1).cpu())
-        targets.append(y)
-        index.append(idx)
-    return {"probs": torch.cat(probs), "targets": torch.cat(targets), "index": torch.cat(index)}
 
 
 def datamodule_for(model: CellClassifier, cfg: DictConfig) -> BloodCellDataModule:
@@ -50,9 +37,8 @@ def evaluate(cfg: DictConfig) -> dict:
     pl.seed_everything(cfg.seed, workers=True)
     model = load_classifier(cfg.ckpt_path)
     datamodule = datamodule_for(model, cfg)
-    loader = datamodule.loader(datamodule.dataset(cfg.split), datamodule.eval_batch_size, shuffle=False)
-    results = predict_probs(model, loader)
-    results.update(compute_metrics(results["probs"], results["targets"], model.class_names))
+    loader = datamodule.loader(datamodule.dataset(cfg.split), datamodule.eval_batch_size)
+    results = evaluate_loader(model, loader)
     run_dir = Path(cfg.paths.output_dir)
     sources = datamodule.sources(results["index"].numpy())
     metrics = write_evaluation(run_dir, results, sources, model.class_names, title=f"{cfg.split} split")

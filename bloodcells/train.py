@@ -16,14 +16,19 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
 
 from bloodcells.config import CONFIG_DIR
+from bloodcells.inference import evaluate_loader
 from bloodcells.instantiate import build_datamodule, build_model, build_trainer
+from bloodcells.models.module import load_classifier
 from bloodcells.reports import format_summary, write_evaluation
 
 log = logging.getLogger(__name__)
 
 
 def train(cfg: DictConfig) -> dict:
-    """Fit, test the best checkpoint, write the reports; returns the test metrics."""
+    """Fit, test the best checkpoint, write the reports; returns the test metrics.
+
+    The test runs on rank 0 alone, on one device, so under DDP every test image counts once.
+    """
     pl.seed_everything(cfg.seed, workers=True)
     run_dir = Path(cfg.paths.output_dir)
     datamodule = build_datamodule(cfg)
@@ -34,11 +39,12 @@ def train(cfg: DictConfig) -> dict:
     fit_seconds = time.perf_counter() - start
     if not cfg.get("test", True):
         return {"fit_seconds": fit_seconds}
-    best = next((c.best_model_path for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), "")
-    trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=False)
     if not trainer.is_global_zero:
         return {}
-    results = model.test_results
+    best = next((c.best_model_path for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), "")
+    if best:
+        model = load_classifier(best, map_location=trainer.strategy.root_device)
+    results = evaluate_loader(model.to(trainer.strategy.root_device), datamodule.test_dataloader())
     sources = datamodule.sources(results["index"].numpy())
     metrics = write_evaluation(run_dir, results, sources, model.class_names)
     metrics.update(fit_seconds=fit_seconds, best_checkpoint=best, run_dir=str(run_dir))

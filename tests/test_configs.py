@@ -30,9 +30,8 @@ def test_every_group_option_composes(option: str, tmp_path: Path) -> None:
         cfg = compose_config("clean", [f"clean@data.clean_options={name}"], tmp_path)
         assert cfg.data.clean_options.threshold >= 0
         return
-    prefix = "+" if group in ("experiment",) else ""
-    cfg = compose_config("train", [f"{prefix}{group}={name}", *NEEDS_VALUE.get(option, [])], tmp_path)
-    assert cfg[group if group not in ("hydra",) else "task_name"] is not None
+    cfg = compose_config("train", [f"{group}={name}", *NEEDS_VALUE.get(option, [])], tmp_path)
+    assert cfg[group if group not in ("hydra", "experiment") else "task_name"] is not None
     if group == "aug":
         transforms = instantiate(cfg.aug.train)
         assert all(hasattr(t, "__call__") for t in transforms)

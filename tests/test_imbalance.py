@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bloodcells.data.sampling import weighted_sampler
+from bloodcells.data.sampling import EpochSampler
 from bloodcells.models.losses import FocalLoss, class_weights
 
 
@@ -45,10 +45,24 @@ def test_class_weights():
         class_weights([5, 0, 3], "balanced")
 
 
+def positions(sampler: EpochSampler) -> np.ndarray:
+    return np.array([i for i, _ in sampler])
+
+
 def test_weighted_sampler_draws_classes_equally():
     labels = np.array([0] * 50 + [1] * 300 + [2] * 650)
-    sampler = weighted_sampler(labels, 3, seed=0)
-    draws = np.concatenate([labels[list(sampler)] for _ in range(20)])
+    sampler = EpochSampler(labels, seed=0, weighted=True, n_classes=3)
+    draws = np.concatenate([labels[positions(sampler)] for _ in range(20)])
     freq = np.bincount(draws, minlength=3) / len(draws)
     assert freq == pytest.approx([1 / 3] * 3, abs=0.01)
-    assert list(weighted_sampler(labels, 3, seed=1)) == list(weighted_sampler(labels, 3, seed=1))
+
+
+def test_epoch_sampler_is_a_function_of_seed_and_epoch():
+    labels = np.arange(100) % 4
+    a, b = EpochSampler(labels, seed=1), EpochSampler(labels, seed=1)
+    first = list(a)
+    assert sorted(i for i, _ in first) == list(range(100))  # a permutation
+    second = list(a)
+    assert second != first  # the next epoch differs
+    b.set_epoch(1)
+    assert list(b) == second  # what resume relies on

@@ -91,3 +91,17 @@ def test_cli_writes_one_run_dir_and_prints_summary(tmp_path):
     assert len(runs) == 1
     assert f"Run dir: {runs[0]}" in out.stdout
     assert (runs[0] / ".hydra" / "config.yaml").is_file() and (runs[0] / "metrics.json").is_file()
+
+
+@pytest.mark.parametrize("experiment", ["report_a", "report_b", "report_densenet"])
+def test_report_experiments_run_with_a_tiny_backbone(train_cfg, experiment):
+    cfg = train_cfg(f"experiment={experiment}", "model=tiny", "+trainer.fast_dev_run=true", "callbacks=none")
+    assert cfg.task_name == experiment
+    assert cfg.model.backbone == "test_efficientnet"
+    metrics = train(cfg)
+    assert 0.0 <= metrics["balanced_accuracy"] <= 1.0
+
+
+def test_weighted_sampler_and_focal_loss_train(train_cfg):
+    cfg = train_cfg("data.sampler=weighted", "loss=focal", "aug=mixed", "+trainer.fast_dev_run=true", "callbacks=none")
+    assert train(cfg)["n"] > 0

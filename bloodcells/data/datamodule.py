@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from bloodcells.data.dedup import clean_dataset
 from bloodcells.data.readers import DataError, ImageSet
-from bloodcells.data.sampling import weighted_sampler
+from bloodcells.data.sampling import EpochSampler
 from bloodcells.data.split import stratified_split
 from bloodcells.data.transforms import build_pipeline, to_tensor
 
@@ -49,19 +49,12 @@ def apply_cleaning(data: ImageSet, options: dict, cache_dir: str | None) -> tupl
     return data.subset(keep), np.asarray(decided["group_of"])[keep]
 
 
-def seed_worker_pipeline(worker_id: int) -> None:
-    """Give each DataLoader worker its own augmentation stream, derived from torch's seed.
-
-    albumentations 2.0.8 transforms own their RNGs (seeded at construction, from OS
-    entropy unless told); without this, runs are not reproducible and workers repeat each
-    other's augmentations.
-    """
-    info = torch.utils.data.get_worker_info()
-    info.dataset.pipeline.set_random_seed(torch.initial_seed() % 2**32)
-
-
 class ImageArrayDataset(Dataset):
-    """Items are (uint8 CHW tensor, label, index into the full ImageSet)."""
+    """Items are (uint8 CHW tensor, label, index into the full ImageSet).
+
+    A key is a position, or ``(position, seed)`` from ``EpochSampler``: the pipeline is then
+    reseeded, so each augmentation is reproducible whatever worker draws it.
+    """
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, index: np.ndarray, pipeline: A.Compose) -> None:
         self.images, self.labels, self.index, self.pipeline = images, labels, index, pipeline
@@ -69,8 +62,11 @@ class ImageArrayDataset(Dataset):
     def __len__(self) -> int:
         return len(self.index)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
-        j = self.index[i]
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int, int]:
+        if isinstance(key, tuple):
+            key, seed = key
+            self.pipeline.set_random_seed(seed)
+        j = self.index[key]
         image = self.pipeline(image=self.images[j])["image"]
         return to_tensor(image), int(self.labels[j]), int(j)
 
@@ -91,6 +87,7 @@ class BloodCellDataModule(pl.LightningDataModule):
         num_workers: int = 2,
         pin_memory: bool = False,
         sampler: str = "none",
+        seed: int = 0,
         clean: bool = False,
         clean_options: dict | None = None,
         cache_dir: str | None = None,
@@ -105,7 +102,7 @@ class BloodCellDataModule(pl.LightningDataModule):
         self.eval_pipeline = build_pipeline([], image_size)
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.num_workers, self.pin_memory = num_workers, pin_memory
-        self.sampler = sampler
+        self.sampler, self.seed = sampler, seed
         self.clean, self.clean_options, self.cache_dir = clean, dict(clean_options or {}), cache_dir
         self.groups: np.ndarray | None = None
         self.data: ImageSet | None = None
@@ -144,36 +141,30 @@ class BloodCellDataModule(pl.LightningDataModule):
         pipeline = self.train_pipeline if train else self.eval_pipeline
         return ImageArrayDataset(self.data.images, self.data.labels, index, pipeline)
 
-    def loader(self, dataset: Dataset, batch_size: int, shuffle: bool = False, drop_last: bool = False, sampler=None) -> DataLoader:
+    def loader(self, dataset: Dataset, batch_size: int, drop_last: bool = False, sampler: EpochSampler | None = None) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
             sampler=sampler,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
             drop_last=drop_last,
-            worker_init_fn=seed_worker_pipeline if self.num_workers > 0 else None,
         )
 
     def train_dataloader(self) -> DataLoader:
-        dataset = self.dataset("train", train=True)
-        seed = int(torch.randint(2**31, (1,)).item())  # from torch's RNG: fixed by seed_everything
-        dataset.pipeline.set_random_seed(seed)
-        sampler = None
-        if self.sampler == "weighted":
-            sampler = weighted_sampler(self.data.labels[dataset.index], len(self.class_names), seed)
-        elif self.sampler != "none":
+        if self.sampler not in ("none", "weighted"):
             raise ValueError(f"data.sampler must be none or weighted, got {self.sampler!r}")
-        drop_last = len(dataset) > self.batch_size
-        return self.loader(dataset, self.batch_size, shuffle=sampler is None, drop_last=drop_last, sampler=sampler)
+        dataset = self.dataset("train", train=True)
+        labels = self.data.labels[dataset.index]
+        sampler = EpochSampler(labels, self.seed, weighted=self.sampler == "weighted", n_classes=len(self.class_names))
+        return self.loader(dataset, self.batch_size, drop_last=len(dataset) > self.batch_size, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:
-        return self.loader(self.dataset("val"), self.eval_batch_size, shuffle=False)
+        return self.loader(self.dataset("val"), self.eval_batch_size)
 
     def test_dataloader(self) -> DataLoader:
-        return self.loader(self.dataset("test"), self.eval_batch_size, shuffle=False)
+        return self.loader(self.dataset("test"), self.eval_batch_size)
 
     def sources(self, index: np.ndarray) -> list[str]:
         return [self.data.sources[i] for i in index]

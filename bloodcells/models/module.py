@@ -15,7 +15,7 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
-from bloodcells.metrics import compute_metrics, validation_metrics
+from bloodcells.metrics import validation_metrics
 from bloodcells.models.backbones import backbone_norm, create_backbone
 from bloodcells.models.finetune import FinetuneSchedule, backbone_blocks, batchnorm_blocks
 from bloodcells.models.heads import MLPHead
@@ -53,8 +53,6 @@ class CellClassifier(pl.LightningModule):
         self.block_bns = batchnorm_blocks(self.backbone, self.blocks)
         self.schedule = FinetuneSchedule(finetune["stages"], len(self.blocks))
         self.val_metrics = validation_metrics(len(class_names))
-        self._test_outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-        self.test_results: dict[str, Any] | None = None
 
     # --- model -------------------------------------------------------------------------
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -120,21 +118,6 @@ class CellClassifier(pl.LightningModule):
     def on_validation_epoch_end(self) -> None:
         self.log_dict({f"val/{k}": v for k, v in self.val_metrics.compute().items()}, prog_bar=True)
         self.val_metrics.reset()
-
-    # --- test: collect every prediction, so metrics and predictions.csv agree -------------
-    def on_test_epoch_start(self) -> None:
-        self._test_outputs = []
-
-    def test_step(self, batch: tuple, batch_idx: int) -> None:
-        images, targets, index = batch
-        probs = self(images).float().softmax(dim=1)
-        self._test_outputs.append((probs.cpu(), targets.cpu(), index.cpu()))
-
-    def on_test_epoch_end(self) -> None:
-        probs, targets, index = (torch.cat(t) for t in zip(*self._test_outputs))
-        self.test_results = {"probs": probs, "targets": targets, "index": index}
-        self.test_results.update(compute_metrics(probs, targets, self.class_names))
-        self.log_dict({f"test/{k}": float(v) for k, v in self.test_results["metrics"].items()})
 
     def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         images = batch[0] if isinstance(batch, (tuple, list)) else batch
