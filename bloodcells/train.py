@@ -24,6 +24,19 @@ from bloodcells.reports import format_summary, write_evaluation
 log = logging.getLogger(__name__)
 
 
+def resolve_resume(cfg: DictConfig) -> str | None:
+    """``ckpt_path=last``: the newest ``last.ckpt`` of this task's earlier runs."""
+    ckpt = cfg.get("ckpt_path")
+    if ckpt != "last":
+        return ckpt
+    runs = Path(cfg.paths.log_dir) / cfg.task_name / "runs"
+    candidates = sorted(runs.glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+    if not candidates:
+        raise FileNotFoundError(f"ckpt_path=last: no {runs}/*/checkpoints/last.ckpt to resume from")
+    log.info("resuming from %s", candidates[-1])
+    return str(candidates[-1])
+
+
 def train(cfg: DictConfig) -> dict:
     """Fit, test the best checkpoint, write the reports; returns the test metrics.
 
@@ -35,13 +48,13 @@ def train(cfg: DictConfig) -> dict:
     model = build_model(cfg)
     trainer = build_trainer(cfg)
     start = time.perf_counter()
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(model, datamodule=datamodule, ckpt_path=resolve_resume(cfg), weights_only=False)
     fit_seconds = time.perf_counter() - start
     if not cfg.get("test", True):
         return {"fit_seconds": fit_seconds}
     if not trainer.is_global_zero:
         return {}
-    best = next((c.best_model_path for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), "")
+    best = next((c.best_model_path for c in trainer.callbacks if isinstance(c, ModelCheckpoint) and c.monitor), "")
     if best:
         model = load_classifier(best, map_location=trainer.strategy.root_device)
     results = evaluate_loader(model.to(trainer.strategy.root_device), datamodule.test_dataloader())
