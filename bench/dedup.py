@@ -40,7 +40,9 @@ def imagehash_loop(images: np.ndarray) -> list[list[imagehash.ImageHash]]:
     return out
 
 
-def naive_pairwise_seconds(hashes: list[list[imagehash.ImageHash]], threshold: int, sample_pairs: int) -> tuple[float, int]:
+def naive_pairwise_seconds(
+    hashes: list[list[imagehash.ImageHash]], threshold: int, sample_pairs: int
+) -> tuple[float, int]:
     """Time of the naive all-pairs loop, from a timed random sample of pairs."""
     n = len(hashes)
     rng = random.Random(0)
@@ -87,22 +89,39 @@ def main() -> None:
     agree = all(str(h[0]) == f"{int(o):016x}" for h, o in zip(baseline_hashes[:2000], hashes[:2000, 0]))
 
     removed = set(report.removed)
-    planted_items = set(planted.overlay) | set(planted.exact_copies) | set(planted.near_copies) | set(planted.colour_outliers)
+    planted_items = (
+        set(planted.overlay) | set(planted.exact_copies) | set(planted.near_copies) | set(planted.colour_outliers)
+    )
     found = planted_items & removed
     clean_dropped = len(removed - planted_items - set(real.removed))
     ours = hash_s + search_s
     baseline = baseline_hash_s + pairwise_s
-    print(f"{n} images: ours hash {hash_s:.1f} s + search {search_s:.1f} s ({len(candidates)} candidate pairs); "
-          f"full clean {clean_s:.1f} s")
-    print(f"baseline: imagehash loop {baseline_hash_s:.1f} s + naive pairwise {pairwise_s:.0f} s "
-          f"(scaled from {args.sample_pairs} of {n_pairs} pairs); identity hashes agree: {agree}")
-    emit({
-        "bench": "dedup", "images": n, "hash_s": round(hash_s, 2), "search_s": round(search_s, 2), "clean_s": round(clean_s, 2),
-        "baseline_hash_s": round(baseline_hash_s, 2), "baseline_pairwise_s": round(pairwise_s, 1),
-        "hash_speedup": round(baseline_hash_s / hash_s, 2), "speedup": round(baseline / ours, 1),
-        "recall": round(len(found) / len(planted_items), 4), "precision": round(len(found) / max(1, len(removed - set(real.removed))), 4),
-        "clean_dropped": clean_dropped, "real_groups": len(real.groups), "real_removed": len(real.removed),
-    })
+    print(
+        f"{n} images: ours hash {hash_s:.1f} s + search {search_s:.1f} s ({len(candidates)} candidate pairs); "
+        f"full clean {clean_s:.1f} s"
+    )
+    print(
+        f"baseline: imagehash loop {baseline_hash_s:.1f} s + naive pairwise {pairwise_s:.0f} s "
+        f"(scaled from {args.sample_pairs} of {n_pairs} pairs); identity hashes agree: {agree}"
+    )
+    emit(
+        {
+            "bench": "dedup",
+            "images": n,
+            "hash_s": round(hash_s, 2),
+            "search_s": round(search_s, 2),
+            "clean_s": round(clean_s, 2),
+            "baseline_hash_s": round(baseline_hash_s, 2),
+            "baseline_pairwise_s": round(pairwise_s, 1),
+            "hash_speedup": round(baseline_hash_s / hash_s, 2),
+            "speedup": round(baseline / ours, 1),
+            "recall": round(len(found) / len(planted_items), 4),
+            "precision": round(len(found) / max(1, len(removed - set(real.removed))), 4),
+            "clean_dropped": clean_dropped,
+            "real_groups": len(real.groups),
+            "real_removed": len(real.removed),
+        }
+    )
 
 
 if __name__ == "__main__":

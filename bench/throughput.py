@@ -62,9 +62,16 @@ def plain_loop(model, loader, warmup: int, steps: int) -> float:
 def framework_loop(model, datamodule, warmup: int, steps: int, run_dir: Path) -> float:
     timer = StepTimer(warmup)
     trainer = pl.Trainer(
-        accelerator="cpu", devices=1, max_steps=warmup + steps, limit_val_batches=0, logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        callbacks=[timer], default_root_dir=run_dir,
+        accelerator="cpu",
+        devices=1,
+        max_steps=warmup + steps,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[timer],
+        default_root_dir=run_dir,
     )
     trainer.fit(model, datamodule=datamodule)
     return timer.end - timer.start
@@ -79,8 +86,18 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args()
     run_dir = Path(tempfile.mkdtemp())
-    cfg = compose_train([f"model={args.model}", "finetune=full", "aug=none", f"data.batch_size={args.batch_size}",
-                         "data.num_workers=0", "sched=cosine", "trainer.max_epochs=1000"], run_dir)
+    cfg = compose_train(
+        [
+            f"model={args.model}",
+            "finetune=full",
+            "aug=none",
+            f"data.batch_size={args.batch_size}",
+            "data.num_workers=0",
+            "sched=cosine",
+            "trainer.max_epochs=1000",
+        ],
+        run_dir,
+    )
     pl.seed_everything(0)
     datamodule = build_datamodule(cfg)
     datamodule.setup()
@@ -93,11 +110,17 @@ def main() -> None:
         framework.append(images / framework_loop(copy.deepcopy(initial), datamodule, args.warmup, args.steps, run_dir))
         print(f"round: plain {plain[-1]:.1f} img/s, framework {framework[-1]:.1f} img/s", flush=True)
     ratios = [f / p for f, p in zip(framework, plain)]
-    emit({
-        "bench": "throughput", "model": args.model, "batch_size": args.batch_size, "threads": torch.get_num_threads(),
-        "plain_img_s": round(statistics.median(plain), 1), "framework_img_s": round(statistics.median(framework), 1),
-        "ratio": round(statistics.median(ratios), 3),
-    })
+    emit(
+        {
+            "bench": "throughput",
+            "model": args.model,
+            "batch_size": args.batch_size,
+            "threads": torch.get_num_threads(),
+            "plain_img_s": round(statistics.median(plain), 1),
+            "framework_img_s": round(statistics.median(framework), 1),
+            "ratio": round(statistics.median(ratios), 3),
+        }
+    )
 
 
 if __name__ == "__main__":

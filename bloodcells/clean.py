@@ -55,16 +55,30 @@ def write_clean_outputs(out_dir: Path, data: ImageSet, report: CleanReport, max_
     np.savez_compressed(out_dir / "cleaned.npz", images=data.images[keep], labels=labels[keep], source_index=keep)
 
 
-def audit(out_dir: Path, data: ImageSet, audit_path: str, hash: str, threshold: int, min_correlation: float | None) -> list[dict]:
+def audit(
+    out_dir: Path, data: ImageSet, audit_path: str, hash: str, threshold: int, min_correlation: float | None
+) -> list[dict]:
     """Images of ``audit_path`` with a near-duplicate in ``data``, plus a contact sheet."""
     images, sources = read_unlabelled(audit_path)
     pairs = cross_duplicates(images, data.images, hash, threshold, min_correlation)
     found = [{"audit": sources[q], "audit_index": q, "data_index": r, "data_source": data.sources[r]} for q, r in pairs]
-    (out_dir / "audit.json").write_text(json.dumps({"audited": len(images), "with_duplicate_in_data": len({f["audit_index"] for f in found}), "pairs": found}, indent=1))
+    (out_dir / "audit.json").write_text(
+        json.dumps(
+            {"audited": len(images), "with_duplicate_in_data": len({f["audit_index"] for f in found}), "pairs": found},
+            indent=1,
+        )
+    )
     both = np.concatenate([images, data.images]) if images.shape[1:] == data.images.shape[1:] else None
     if both is not None and found:
         rows = [[f["audit_index"], len(images) + f["data_index"]] for f in found[:30]]
-        contact_sheet(out_dir / "audit.png", both, rows, [["audit", "data"]] * len(rows), [f["audit"][:20] for f in found[:30]], max_cols=2)
+        contact_sheet(
+            out_dir / "audit.png",
+            both,
+            rows,
+            [["audit", "data"]] * len(rows),
+            [f["audit"][:20] for f in found[:30]],
+            max_cols=2,
+        )
     return found
 
 
@@ -75,11 +89,22 @@ def clean(cfg: DictConfig) -> CleanReport:
     report = clean_dataset(data.images, data.labels, data.class_names, **cfg.data.clean_options)
     seconds = time.perf_counter() - start
     write_clean_outputs(out_dir, data, report)
-    print(f"{len(data)} images, {len(report.groups)} duplicate groups {report.counts['groups_by_decision']}, "
-          f"{len(report.outliers)} outliers flagged; removed {len(report.removed)} ({seconds:.1f} s)")
+    print(
+        f"{len(data)} images, {len(report.groups)} duplicate groups {report.counts['groups_by_decision']}, "
+        f"{len(report.outliers)} outliers flagged; removed {len(report.removed)} ({seconds:.1f} s)"
+    )
     if cfg.get("audit"):
-        found = audit(out_dir, data, cfg.audit, cfg.data.clean_options.hash, cfg.data.clean_options.threshold, cfg.data.clean_options.min_correlation)
-        print(f"audit: {len({f['audit_index'] for f in found})} images of {cfg.audit} have a near-duplicate in the data")
+        found = audit(
+            out_dir,
+            data,
+            cfg.audit,
+            cfg.data.clean_options.hash,
+            cfg.data.clean_options.threshold,
+            cfg.data.clean_options.min_correlation,
+        )
+        print(
+            f"audit: {len({f['audit_index'] for f in found})} images of {cfg.audit} have a near-duplicate in the data"
+        )
     print(f"Run dir: {out_dir}  (report.json, groups.png, outliers.png, mean_pixel_histogram.png, cleaned.npz)")
     return report
 

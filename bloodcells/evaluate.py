@@ -16,8 +16,8 @@ from omegaconf import DictConfig
 from bloodcells.config import CONFIG_DIR
 from bloodcells.data.datamodule import BloodCellDataModule
 from bloodcells.data.readers import DataError
-from bloodcells.instantiate import build_datamodule
 from bloodcells.inference import evaluate_loader
+from bloodcells.instantiate import build_datamodule
 from bloodcells.models.module import CellClassifier, load_classifier
 from bloodcells.reports import format_summary, write_evaluation
 
@@ -29,7 +29,9 @@ def datamodule_for(model: CellClassifier, cfg: DictConfig) -> BloodCellDataModul
     cfg.data.image_size = model.hparams.image_size
     datamodule = build_datamodule(cfg)
     if list(datamodule.class_names) != model.class_names:
-        raise DataError(f"{cfg.ckpt_path}: trained on classes {model.class_names}, data has {list(datamodule.class_names)}")
+        raise DataError(
+            f"{cfg.ckpt_path}: trained on classes {model.class_names}, data has {list(datamodule.class_names)}"
+        )
     return datamodule
 
 

@@ -13,7 +13,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def write_predictions(path: Path, sources: list[str], probs: np.ndarray, class_names: list[str], targets: np.ndarray | None = None) -> None:
+def write_predictions(
+    path: Path, sources: list[str], probs: np.ndarray, class_names: list[str], targets: np.ndarray | None = None
+) -> None:
     """One row per image: source, [true class,] predicted class, one probability per class."""
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
@@ -37,19 +39,32 @@ def plot_confusion_matrix(path: Path, confusion: np.ndarray, class_names: list[s
     ax.set_title(title)
     for i in range(len(class_names)):
         for j in range(len(class_names)):
-            ax.text(j, i, int(confusion[i, j]), ha="center", va="center", fontsize=8, color="white" if norm[i, j] > 0.5 else "black")
+            ax.text(
+                j,
+                i,
+                int(confusion[i, j]),
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if norm[i, j] > 0.5 else "black",
+            )
     fig.colorbar(im, ax=ax, label="fraction of true class")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def write_evaluation(out_dir: Path, results: dict, sources: list[str], class_names: list[str], title: str = "test") -> dict:
+def write_evaluation(
+    out_dir: Path, results: dict, sources: list[str], class_names: list[str], title: str = "test"
+) -> dict:
     """Write every artefact of one evaluation; returns the scalar metrics."""
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics = dict(results["metrics"])
     (out_dir / "metrics.json").write_text(
-        json.dumps({"metrics": metrics, "per_class": results["per_class"], "confusion_matrix": results["confusion_matrix"]}, indent=2)
+        json.dumps(
+            {"metrics": metrics, "per_class": results["per_class"], "confusion_matrix": results["confusion_matrix"]},
+            indent=2,
+        )
     )
     with open(out_dir / "per_class.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(results["per_class"][0]))
@@ -64,7 +79,8 @@ def write_evaluation(out_dir: Path, results: dict, sources: list[str], class_nam
 def format_summary(metrics: dict, per_class: list[dict]) -> str:
     lines = [
         f"accuracy {metrics['accuracy']:.4f}  balanced {metrics['balanced_accuracy']:.4f}  "
-        f"macro-F1 {metrics['macro_f1']:.4f}  AUROC {metrics['macro_auroc']:.4f}  ECE {metrics['ece']:.4f}  (n={metrics['n']})",
+        f"macro-F1 {metrics['macro_f1']:.4f}  AUROC {metrics['macro_auroc']:.4f}  "
+        f"ECE {metrics['ece']:.4f}  (n={metrics['n']})",
         "recall per class: " + "  ".join(f"{r['class']} {r['recall']:.2f}" for r in per_class),
     ]
     return "\n".join(lines)

@@ -31,8 +31,13 @@ def run(transform, image, seed=0):
 
 @pytest.mark.parametrize(
     "transform",
-    [RandAugment(num_ops=3, magnitude=9, magnitude_std=1.0), AugMix(), GridMask(p=1.0, max_rotate=45),
-     RandAugment(ops=["solarize", "posterize", "rotate"]), AugMix(ops=["equalize", "autocontrast", "shear_x"])],
+    [
+        RandAugment(num_ops=3, magnitude=9, magnitude_std=1.0),
+        AugMix(),
+        GridMask(p=1.0, max_rotate=45),
+        RandAugment(ops=["solarize", "posterize", "rotate"]),
+        AugMix(ops=["equalize", "autocontrast", "shear_x"]),
+    ],
     ids=["randaug", "augmix", "gridmask", "randaug-few-ops", "augmix-few-ops"],
 )
 def test_transform_keeps_shape_dtype_range_and_is_seeded(transform, image):
@@ -57,7 +62,10 @@ def test_identity_at_magnitude_zero(image):
 
 
 def test_gridmask_keeps_the_configured_fraction(image):
-    masked = [run(GridMask(unit_range=(24, 24), keep_ratio=0.75, fill=0, p=1.0), np.full_like(image, 255), s) for s in range(20)]
+    masked = [
+        run(GridMask(unit_range=(24, 24), keep_ratio=0.75, fill=0, p=1.0), np.full_like(image, 255), s)
+        for s in range(20)
+    ]
     kept = np.mean([(m > 0).all(axis=2).mean() for m in masked])
     assert kept == pytest.approx(0.75, abs=0.05)
 

@@ -55,7 +55,9 @@ def test_failed_download_says_how_to_work_offline(monkeypatch):
         create_backbone("test_efficientnet", pretrained=True)
 
 
-@pytest.mark.parametrize("name", ["tf_efficientnet_lite0", "test_efficientnet", "densenet121", "mobilenetv3_small_100", "vgg11"])
+@pytest.mark.parametrize(
+    "name", ["tf_efficientnet_lite0", "test_efficientnet", "densenet121", "mobilenetv3_small_100", "vgg11"]
+)
 def test_blocks_partition_every_parameter_and_bn(name):
     backbone = create_backbone(name, pretrained=False)
     blocks = backbone_blocks(backbone)

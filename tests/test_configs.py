@@ -34,7 +34,7 @@ def test_every_group_option_composes(option: str, tmp_path: Path) -> None:
     assert cfg[group if group not in ("hydra", "experiment") else "task_name"] is not None
     if group == "aug":
         transforms = instantiate(cfg.aug.train)
-        assert all(hasattr(t, "__call__") for t in transforms)
+        assert all(callable(t) for t in transforms)
 
 
 @pytest.mark.parametrize("name", ["train", "evaluate", "predict", "clean"])

@@ -67,7 +67,9 @@ def test_cleaning_finds_every_planted_item_and_drops_no_clean_image(sample):
     assert set(planted.exact_copies) <= removed
     assert set(planted.near_copies) <= removed
     assert set(planted.colour_outliers) <= removed
-    assert removed == set(planted.overlay) | set(planted.exact_copies) | set(planted.near_copies) | set(planted.colour_outliers)
+    assert removed == set(planted.overlay) | set(planted.exact_copies) | set(planted.near_copies) | set(
+        planted.colour_outliers
+    )
     pollution = [g for g in report.groups if g["decision"] == "pollution"]
     assert len(pollution) == 1 and pollution[0]["size"] == 300
     for copy, (original, _) in planted.near_copies.items():
@@ -114,7 +116,11 @@ def test_clean_cli_writes_report_sheets_and_cleaned_npz(sample, tmp_path):
     planted = plant_pollution(sample.images, sample.labels, overlay_copies=60, exact=3, near=3, outliers=2)
     np.savez(tmp_path / "polluted.npz", images=planted.images, labels=planted.labels[:, None])
     np.savez(tmp_path / "test.npz", images=sample.images[:4])
-    cfg = compose_config("clean", ["data=npz", f"data.path={tmp_path / 'polluted.npz'}", f"audit={tmp_path / 'test.npz'}"], tmp_path / "run")
+    cfg = compose_config(
+        "clean",
+        ["data=npz", f"data.path={tmp_path / 'polluted.npz'}", f"audit={tmp_path / 'test.npz'}"],
+        tmp_path / "run",
+    )
     report = clean(cfg)
     run = tmp_path / "run"
     for name in ("report.json", "groups.png", "outliers.png", "mean_pixel_histogram.png", "cleaned.npz", "audit.json"):
@@ -137,7 +143,9 @@ def test_datamodule_cleans_once_then_reuses_the_cache(sample, tmp_path, monkeypa
 
     def make() -> BloodCellDataModule:
         reader = lambda class_names: read_npz(path, class_names)  # noqa: E731
-        return BloodCellDataModule(reader, sample.class_names, clean=True, cache_dir=str(tmp_path / "cache"), num_workers=0)
+        return BloodCellDataModule(
+            reader, sample.class_names, clean=True, cache_dir=str(tmp_path / "cache"), num_workers=0
+        )
 
     first = make()
     first.setup()

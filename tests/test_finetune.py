@@ -8,12 +8,10 @@ import math
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
 import torch
-from hydra.utils import instantiate
 
 from bloodcells.config import PROJECT_ROOT
 from bloodcells.evaluate import evaluate
@@ -22,7 +20,12 @@ from bloodcells.models.finetune import FinetuneSchedule, Stage
 from bloodcells.train import resolve_resume, train
 from tests.conftest import compose_config
 
-STAGED = ["finetune=staged", "finetune.stages.1.epoch=2", "finetune.stages.1.unfreeze=2", "finetune.stages.1.lr_factor=0.1"]
+STAGED = [
+    "finetune=staged",
+    "finetune.stages.1.epoch=2",
+    "finetune.stages.1.unfreeze=2",
+    "finetune.stages.1.lr_factor=0.1",
+]
 
 
 class Recorder(pl.Callback):
@@ -57,7 +60,14 @@ def changed(before: dict, after: dict, prefix: str) -> set[str]:
 
 
 def test_stage_block_counts():
-    schedule = FinetuneSchedule([{"epoch": 0, "unfreeze": 0}, {"epoch": 3, "unfreeze": 0.5}, {"epoch": 5, "unfreeze": "all", "lr_factor": 0.01}], 8)
+    schedule = FinetuneSchedule(
+        [
+            {"epoch": 0, "unfreeze": 0},
+            {"epoch": 3, "unfreeze": 0.5},
+            {"epoch": 5, "unfreeze": "all", "lr_factor": 0.01},
+        ],
+        8,
+    )
     assert schedule.block_multipliers(2) == [0.0] * 8
     assert schedule.block_multipliers(3) == [0.0] * 4 + [0.1] * 4
     assert schedule.block_multipliers(9) == [0.01] * 8
@@ -112,8 +122,16 @@ def test_plateau_decay_restarts_with_each_stage(train_cfg):
 
 @pytest.mark.slow
 def test_resume_in_the_middle_of_phase2_matches_an_uninterrupted_run(train_cfg, tmp_path):
-    common = [*STAGED, "finetune.stages.1.epoch=1", "trainer.max_epochs=4", "trainer.deterministic=true",
-              "sched=cosine", "aug=standard", "callbacks=default", "callbacks.early_stopping=null"]
+    common = [
+        *STAGED,
+        "finetune.stages.1.epoch=1",
+        "trainer.max_epochs=4",
+        "trainer.deterministic=true",
+        "sched=cosine",
+        "aug=standard",
+        "callbacks=default",
+        "callbacks.early_stopping=null",
+    ]
     full = fit_with(compose_config("train", [*FAST, *common], tmp_path / "full"))
 
     class Kill(pl.Callback):
@@ -132,7 +150,9 @@ def test_resume_in_the_middle_of_phase2_matches_an_uninterrupted_run(train_cfg, 
     resumed_cfg = compose_config("train", [*FAST, *common, "ckpt_path=last"], tmp_path / "resumed")
     pl.seed_everything(resumed_cfg.seed, workers=True)
     datamodule, resumed = build_datamodule(resumed_cfg), build_model(resumed_cfg)
-    build_trainer(resumed_cfg).fit(resumed, datamodule=datamodule, ckpt_path=resolve_resume(resumed_cfg), weights_only=False)
+    build_trainer(resumed_cfg).fit(
+        resumed, datamodule=datamodule, ckpt_path=resolve_resume(resumed_cfg), weights_only=False
+    )
     for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
 
@@ -142,8 +162,16 @@ FAST = ["model=tiny", "data.num_workers=0", "trainer.enable_progress_bar=false"]
 
 @pytest.mark.slow
 def test_ddp_cpu_two_processes_one_run_dir_same_test_metrics(tmp_path):
-    cmd = [sys.executable, "-m", "bloodcells.train", *FAST, "trainer=ddp_cpu", "trainer.max_epochs=2",
-           "finetune=full", f"paths.log_dir={tmp_path}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bloodcells.train",
+        *FAST,
+        "trainer=ddp_cpu",
+        "trainer.max_epochs=2",
+        "finetune=full",
+        f"paths.log_dir={tmp_path}",
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=PROJECT_ROOT, env=env, timeout=600)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]

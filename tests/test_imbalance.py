@@ -16,9 +16,13 @@ def test_focal_equals_cross_entropy_at_gamma_zero():
     logits, target = torch.randn(16, 8), torch.randint(0, 8, (16,))
     weight = torch.rand(8) + 0.5
     assert FocalLoss(0.0)(logits, target) == pytest.approx(F.cross_entropy(logits, target).item())
-    assert FocalLoss(0.0)(logits, target, weight) == pytest.approx(F.cross_entropy(logits, target, weight=weight).item())
+    assert FocalLoss(0.0)(logits, target, weight) == pytest.approx(
+        F.cross_entropy(logits, target, weight=weight).item()
+    )
     # the general formula at gamma -> 0 agrees too (guards the gamma > 0 branch)
-    assert FocalLoss(1e-9)(logits, target, weight) == pytest.approx(F.cross_entropy(logits, target, weight=weight).item(), rel=1e-5)
+    assert FocalLoss(1e-9)(logits, target, weight) == pytest.approx(
+        F.cross_entropy(logits, target, weight=weight).item(), rel=1e-5
+    )
 
 
 def test_focal_matches_hand_computed_value():
@@ -26,10 +30,10 @@ def test_focal_matches_hand_computed_value():
     target = torch.tensor([0, 2])
     p = torch.softmax(logits, 1)
     p0, p1 = p[0, 0].item(), p[1, 2].item()
-    expected = (-(1 - p0) ** 2 * np.log(p0) - (1 - p1) ** 2 * np.log(p1)) / 2
+    expected = (-((1 - p0) ** 2) * np.log(p0) - (1 - p1) ** 2 * np.log(p1)) / 2
     assert FocalLoss(2.0)(logits, target).item() == pytest.approx(expected, rel=1e-6)
     alpha = torch.tensor([0.25, 1.0, 3.0])
-    weighted = (0.25 * -(1 - p0) ** 2 * np.log(p0) + 3.0 * -(1 - p1) ** 2 * np.log(p1)) / 3.25
+    weighted = (0.25 * -((1 - p0) ** 2) * np.log(p0) + 3.0 * -((1 - p1) ** 2) * np.log(p1)) / 3.25
     assert FocalLoss(2.0)(logits, target, alpha).item() == pytest.approx(weighted, rel=1e-6)
 
 

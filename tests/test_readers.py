@@ -17,7 +17,9 @@ def save_npz(path: Path, **arrays) -> Path:
     return path
 
 
-def make_tree(root: Path, images_per_class: int = 2, classes=CLASS_NAMES[:3], size: int = 24, mode: str = "RGB") -> Path:
+def make_tree(
+    root: Path, images_per_class: int = 2, classes=CLASS_NAMES[:3], size: int = 24, mode: str = "RGB"
+) -> Path:
     rng = np.random.default_rng(1)
     for c in classes:
         (root / c).mkdir(parents=True)
@@ -45,7 +47,10 @@ def test_npz_reads_labels_n_by_1_and_n(tmp_path, make_images):
         ({"images": np.zeros((3, 8, 8, 5), np.uint8), "labels": np.zeros(3, int)}, "1, 3 or 4 channels"),
         ({"images": np.zeros((3, 8), np.uint8), "labels": np.zeros(3, int)}, "must be N x H x W x 3"),
         ({"images": np.zeros((3, 8, 8, 3), np.uint8), "labels": np.zeros(4, int)}, "3 images but 4 labels"),
-        ({"images": np.zeros((3, 8, 8, 3), np.uint8), "labels": np.array([0, 8, 1])}, "label 8 at index 1 is outside the class range 0..7"),
+        (
+            {"images": np.zeros((3, 8, 8, 3), np.uint8), "labels": np.array([0, 8, 1])},
+            "label 8 at index 1 is outside the class range 0..7",
+        ),
         ({"images": np.zeros((3, 8, 8, 3), np.uint8), "labels": np.array([0, -1, 1])}, "label -1 at index 1"),
         ({"images": np.zeros((3, 8, 8, 3), np.uint8), "labels": np.eye(3, 8)}, "labels must have shape N or N x 1"),
         ({"images": np.zeros((0, 8, 8, 3), np.uint8), "labels": np.zeros(0, int)}, "holds no images"),

@@ -83,8 +83,17 @@ def test_checkpoint_carries_what_predict_needs(train_cfg):
 
 @pytest.mark.slow
 def test_cli_writes_one_run_dir_and_prints_summary(tmp_path):
-    cmd = [sys.executable, "-m", "bloodcells.train", "model=tiny", "+trainer.fast_dev_run=true", "callbacks=none",
-           "data.num_workers=0", "trainer.enable_progress_bar=false", f"paths.log_dir={tmp_path}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bloodcells.train",
+        "model=tiny",
+        "+trainer.fast_dev_run=true",
+        "callbacks=none",
+        "data.num_workers=0",
+        "trainer.enable_progress_bar=false",
+        f"paths.log_dir={tmp_path}",
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=PROJECT_ROOT, env={"HF_HUB_OFFLINE": "1", "PATH": ""})
     assert out.returncode == 0, out.stderr[-3000:]
     runs = list((tmp_path / "train" / "runs").iterdir())
@@ -105,3 +114,54 @@ def test_report_experiments_run_with_a_tiny_backbone(train_cfg, experiment):
 def test_weighted_sampler_and_focal_loss_train(train_cfg):
     cfg = train_cfg("data.sampler=weighted", "loss=focal", "aug=mixed", "+trainer.fast_dev_run=true", "callbacks=none")
     assert train(cfg)["n"] > 0
+
+
+@pytest.mark.parametrize("kind", ["npz", "folder", "medmnist"])
+def test_every_reader_config_builds_a_datamodule(kind, tmp_path, make_images):
+    from bloodcells.instantiate import build_datamodule
+
+    labels = (np.arange(40) % 8).reshape(40, 1)
+    if kind == "npz":
+        np.savez(tmp_path / "d.npz", images=make_images(40, 96), labels=labels)
+        overrides = ["data=npz", f"data.path={tmp_path / 'd.npz'}"]
+    elif kind == "medmnist":
+        np.savez(
+            tmp_path / "m.npz",
+            **{f"{s}_images": make_images(40, 28) for s in ("train", "val", "test")},
+            **{f"{s}_labels": labels for s in ("train", "val", "test")},
+        )
+        overrides = ["data=medmnist", f"data.path={tmp_path / 'm.npz'}", "data.image_size=28"]
+    else:
+        overrides = ["data=folder", f"data.root={PROJECT_ROOT / 'data' / 'sample'}"]
+    dm = build_datamodule(compose_config("train", [*overrides, "data.num_workers=0"], tmp_path / "run"))
+    dm.setup()
+    images, targets, index = next(iter(dm.train_dataloader()))
+    assert images.dtype == torch.uint8 and images.shape[1] == 3
+    if kind == "medmnist":
+        assert len(dm.splits["test"]) == 40  # the official split is kept
+
+
+@pytest.mark.slow
+def test_multirun_writes_one_dir_per_job(tmp_path):
+    cmd = [
+        sys.executable,
+        "-m",
+        "bloodcells.train",
+        "-m",
+        "aug=none,standard",
+        "model=tiny",
+        "+trainer.fast_dev_run=true",
+        "callbacks=none",
+        "data.num_workers=0",
+        "trainer.enable_progress_bar=false",
+        f"paths.log_dir={tmp_path}",
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=PROJECT_ROOT, env={"HF_HUB_OFFLINE": "1", "PATH": ""})
+    assert out.returncode == 0, out.stderr[-3000:]
+    sweeps = list((tmp_path / "train" / "multiruns").iterdir())
+    assert len(sweeps) == 1
+    jobs = sorted(p.name for p in sweeps[0].iterdir() if p.is_dir())
+    assert jobs == ["0", "1"]
+    for job in jobs:
+        assert (sweeps[0] / job / "metrics.json").is_file()
+    assert not (tmp_path / "train" / "runs").exists()

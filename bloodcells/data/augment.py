@@ -141,7 +141,10 @@ class RandAugment(A.ImageOnlyTransform):
 
     def get_params(self) -> dict:
         chosen = [self.py_random.choice(self.ops) for _ in range(self.num_ops)]
-        levels = [self.magnitude + (self.py_random.gauss(0, self.magnitude_std) if self.magnitude_std else 0.0) for _ in chosen]
+        levels = [
+            self.magnitude + (self.py_random.gauss(0, self.magnitude_std) if self.magnitude_std else 0.0)
+            for _ in chosen
+        ]
         return {"chosen": chosen, "levels": levels, "seed": self.py_random.getrandbits(32)}
 
     def apply(self, img: np.ndarray, chosen: list[str], levels: list[float], seed: int, **params) -> np.ndarray:
@@ -165,7 +168,17 @@ class AugMix(A.ImageOnlyTransform):
         depth: int = 3,
         severity: float = 3.0,
         alpha: float = 1.0,
-        ops: Sequence[str] = ("rotate", "shear_x", "shear_y", "translate_x", "translate_y", "posterize", "solarize", "autocontrast", "equalize"),
+        ops: Sequence[str] = (
+            "rotate",
+            "shear_x",
+            "shear_y",
+            "translate_x",
+            "translate_y",
+            "posterize",
+            "solarize",
+            "autocontrast",
+            "equalize",
+        ),
         p: float = 1.0,
     ) -> None:
         super().__init__(p=p)
@@ -176,11 +189,14 @@ class AugMix(A.ImageOnlyTransform):
         weights = self.random_generator.dirichlet([self.alpha] * self.width)
         mix = float(self.random_generator.beta(self.alpha, self.alpha))
         chains = [
-            [self.py_random.choice(self.ops) for _ in range(self.py_random.randint(1, self.depth))] for _ in range(self.width)
+            [self.py_random.choice(self.ops) for _ in range(self.py_random.randint(1, self.depth))]
+            for _ in range(self.width)
         ]
         return {"weights": weights, "mix": mix, "chains": chains, "seed": self.py_random.getrandbits(32)}
 
-    def apply(self, img: np.ndarray, weights: np.ndarray, mix: float, chains: list[list[str]], seed: int, **params) -> np.ndarray:
+    def apply(
+        self, img: np.ndarray, weights: np.ndarray, mix: float, chains: list[list[str]], seed: int, **params
+    ) -> np.ndarray:
         rng = random.Random(seed)
         mixed = np.zeros(img.shape, dtype=np.float32)
         for w, chain in zip(weights, chains):
@@ -211,7 +227,10 @@ class GridMask(A.ImageOnlyTransform):
     ) -> None:
         super().__init__(p=p)
         if not 0 <= keep_ratio <= 1 or unit_range[0] < 2 or unit_range[0] > unit_range[1]:
-            raise ValueError(f"GridMask: keep_ratio in [0, 1] and 2 <= unit_range[0] <= unit_range[1], got {keep_ratio}, {unit_range}")
+            raise ValueError(
+                "GridMask: keep_ratio in [0, 1] and 2 <= unit_range[0] <= unit_range[1], "
+                f"got {keep_ratio}, {unit_range}"
+            )
         self.unit_range, self.keep_ratio, self.max_rotate, self.fill = tuple(unit_range), keep_ratio, max_rotate, fill
 
     def get_params(self) -> dict:
@@ -230,7 +249,9 @@ class GridMask(A.ImageOnlyTransform):
         holes = (((ys + offset[0]) % d) < side) & (((xs + offset[1]) % d) < side)
         keep = (~holes).astype(np.uint8)
         if angle:
-            keep = cv2.warpAffine(keep, cv2.getRotationMatrix2D((big / 2, big / 2), angle, 1.0), (big, big), flags=cv2.INTER_NEAREST)
+            keep = cv2.warpAffine(
+                keep, cv2.getRotationMatrix2D((big / 2, big / 2), angle, 1.0), (big, big), flags=cv2.INTER_NEAREST
+            )
         top, left = (big - h) // 2, (big - w) // 2
         return keep[top : top + h, left : left + w].astype(bool)
 

@@ -11,7 +11,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def contact_sheet(path: Path, images: np.ndarray, rows: list[list[int]], captions: list[list[str]], row_titles: list[str], max_cols: int = 10) -> None:
+def contact_sheet(
+    path: Path,
+    images: np.ndarray,
+    rows: list[list[int]],
+    captions: list[list[str]],
+    row_titles: list[str],
+    max_cols: int = 10,
+) -> None:
     """One row per group: up to ``max_cols`` images with a caption each."""
     n_rows = max(1, len(rows))
     fig, axes = plt.subplots(n_rows, max_cols, figsize=(1.3 * max_cols, 1.5 * n_rows), squeeze=False)

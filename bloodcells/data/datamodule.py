@@ -38,11 +38,21 @@ def apply_cleaning(data: ImageSet, options: dict, cache_dir: str | None) -> tupl
         log.info("cleaning: reusing %s", cached)
     else:
         report = clean_dataset(data.images, data.labels, data.class_names, **options)
-        decided = {"removed": report.removed, "relabelled": report.relabelled, "group_of": report.group_of, "counts": report.counts}
+        decided = {
+            "removed": report.removed,
+            "relabelled": report.relabelled,
+            "group_of": report.group_of,
+            "counts": report.counts,
+        }
         if cached is not None:
             cached.parent.mkdir(parents=True, exist_ok=True)
             cached.write_text(json.dumps(decided))
-    log.info("cleaning: removed %d of %d images %s", len(decided["removed"]), len(data), decided["counts"].get("groups_by_decision"))
+    log.info(
+        "cleaning: removed %d of %d images %s",
+        len(decided["removed"]),
+        len(data),
+        decided["counts"].get("groups_by_decision"),
+    )
     for index, label in decided["relabelled"].items():
         data.labels[int(index)] = label
     keep = np.setdiff1d(np.arange(len(data)), decided["removed"])
@@ -141,7 +151,9 @@ class BloodCellDataModule(pl.LightningDataModule):
         pipeline = self.train_pipeline if train else self.eval_pipeline
         return ImageArrayDataset(self.data.images, self.data.labels, index, pipeline)
 
-    def loader(self, dataset: Dataset, batch_size: int, drop_last: bool = False, sampler: EpochSampler | None = None) -> DataLoader:
+    def loader(
+        self, dataset: Dataset, batch_size: int, drop_last: bool = False, sampler: EpochSampler | None = None
+    ) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=batch_size,

@@ -170,7 +170,10 @@ def clean_dataset(
     if n == 0:
         raise DataError("cleaning: the dataset holds no images")
     if conflict not in ("drop", "majority") or same_label not in ("keep_one", "keep_all"):
-        raise ValueError(f"cleaning: conflict must be drop|majority (got {conflict}), same_label keep_one|keep_all (got {same_label})")
+        raise ValueError(
+            f"cleaning: conflict must be drop|majority (got {conflict}), "
+            f"same_label keep_one|keep_all (got {same_label})"
+        )
     exact = exact_ids(images)
     hashes = dihedral_hashes(images, hash)
     pairs = hamming_pairs(hashes, hashes, threshold)
@@ -217,7 +220,9 @@ def clean_dataset(
     z = robust_z(colour_stats(images))
     score = np.abs(z).max(axis=1)
     for i in np.flatnonzero(score > outlier_z):
-        report.outliers.append({"index": int(i), "label": class_names[int(labels[i])], "max_abs_z": round(float(score[i]), 2)})
+        report.outliers.append(
+            {"index": int(i), "label": class_names[int(labels[i])], "max_abs_z": round(float(score[i]), 2)}
+        )
         if drop_outliers and int(i) not in removed:
             removed.add(int(i))
             removed_by_class[class_names[int(labels[i])]] += 1
@@ -230,7 +235,10 @@ def clean_dataset(
         "outliers_dropped": int(drop_outliers) * len(report.outliers),
         "removed": len(removed),
         "removed_by_class": dict(removed_by_class),
-        "kept_by_class": {c: int(k) for c, k in zip(class_names, np.bincount(np.delete(labels, report.removed), minlength=len(class_names)))},
+        "kept_by_class": {
+            c: int(k)
+            for c, k in zip(class_names, np.bincount(np.delete(labels, report.removed), minlength=len(class_names)))
+        },
     }
     return report
 
@@ -243,7 +251,9 @@ def cross_duplicates(
     min_correlation: float | None = 0.98,
 ) -> list[tuple[int, int]]:
     """(query index, reference index) pairs: e.g. test images with a near-copy in train."""
-    pairs = hamming_pairs(dihedral_hashes(query_images, hash), dihedral_hashes(reference_images, hash), threshold, same_set=False)
+    pairs = hamming_pairs(
+        dihedral_hashes(query_images, hash), dihedral_hashes(reference_images, hash), threshold, same_set=False
+    )
     if min_correlation is not None:
         pairs = confirm_pairs(query_images, reference_images, pairs, min_correlation)
     return [(int(q), int(r)) for q, r in pairs]

@@ -50,7 +50,10 @@ def _bilinear(x: np.ndarray) -> np.ndarray:
     return np.where(x < 1.0, 1.0 - x, 0.0)
 
 
-FILTERS: dict[str, tuple[Callable[[np.ndarray], np.ndarray], float]] = {"lanczos": (_lanczos, 3.0), "bilinear": (_bilinear, 1.0)}
+FILTERS: dict[str, tuple[Callable[[np.ndarray], np.ndarray], float]] = {
+    "lanczos": (_lanczos, 3.0),
+    "bilinear": (_bilinear, 1.0),
+}
 
 
 def resample_matrix(in_size: int, out_size: int, kind: str = "lanczos") -> np.ndarray:

@@ -45,7 +45,7 @@ class ImageSet:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def subset(self, idx: np.ndarray) -> "ImageSet":
+    def subset(self, idx: np.ndarray) -> ImageSet:
         idx = np.asarray(idx, dtype=np.int64)
         return ImageSet(
             images=self.images[idx],
@@ -140,9 +140,7 @@ def read_npz(path: str | Path, class_names: tuple[str, ...] = CLASS_NAMES) -> Im
     return ImageSet(images, labels, sources, tuple(class_names))
 
 
-def read_medmnist(
-    path: str | Path, class_names: tuple[str, ...] = CLASS_NAMES, keep_split: bool = True
-) -> ImageSet:
+def read_medmnist(path: str | Path, class_names: tuple[str, ...] = CLASS_NAMES, keep_split: bool = True) -> ImageSet:
     """MedMNIST npz (``train_images``/``train_labels``, ``val_*``, ``test_*``).
 
     With ``keep_split`` the official split travels in ``ImageSet.split``.

@@ -41,7 +41,9 @@ class FocalLoss(nn.Module):
         return (w * per_sample).sum() / w.sum()
 
 
-def class_weights(counts: Sequence[int], method: str | Sequence[float] | None, beta: float = 0.999) -> torch.Tensor | None:
+def class_weights(
+    counts: Sequence[int], method: str | Sequence[float] | None, beta: float = 0.999
+) -> torch.Tensor | None:
     """Per-class loss weights from training-set class counts.
 
     - ``balanced``: n / (k * n_c), as scikit-learn and Keras users compute them;

@@ -13,7 +13,6 @@ from typing import Any
 import hydra
 import lightning.pytorch as pl
 import torch
-from torch import nn
 
 from bloodcells.metrics import validation_metrics
 from bloodcells.models.backbones import backbone_norm, create_backbone
@@ -79,7 +78,7 @@ class CellClassifier(pl.LightningModule):
             for bn in bns:
                 bn.train(self.training and not is_frozen)
 
-    def train(self, mode: bool = True) -> "CellClassifier":
+    def train(self, mode: bool = True) -> CellClassifier:
         """Lightning calls ``train()`` after every validation; keep frozen BN in eval."""
         super().train(mode)
         if mode and self._trainer is not None:
@@ -167,5 +166,7 @@ def load_classifier(ckpt_path: str, map_location: str | torch.device = "cpu") ->
     Checkpoints hold plain Python objects beside tensors (hparams, loop state), so they are
     unpickled in full: load only checkpoints you trust.
     """
-    model = CellClassifier.load_from_checkpoint(ckpt_path, map_location=map_location, weights_only=False, pretrained=False)
+    model = CellClassifier.load_from_checkpoint(
+        ckpt_path, map_location=map_location, weights_only=False, pretrained=False
+    )
     return model.eval()
