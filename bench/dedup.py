@@ -22,7 +22,8 @@ from common import emit
 from PIL import Image
 
 from bloodcells.clean import write_clean_outputs
-from bloodcells.data.dedup import clean_dataset, hamming_pairs
+from bloodcells.data.contact_sheet import contact_sheet
+from bloodcells.data.dedup import best_correlation, clean_dataset, hamming_pairs, thumbnails
 from bloodcells.data.hashing import dihedral_hashes
 from bloodcells.data.pollution import plant_pollution
 from bloodcells.data.readers import read_folder
@@ -55,6 +56,28 @@ def naive_pairwise_seconds(
     return per_pair * n * (n - 1) / 2, n * (n - 1) // 2
 
 
+def closest_candidates(data, threshold: int, path: Path, top: int = 16) -> None:
+    """The pHash candidates of the real set with the highest thumbnail correlation: the pairs
+    closest to being called duplicates, to check the threshold by eye."""
+    real_hashes = dihedral_hashes(data.images)
+    pairs = hamming_pairs(real_hashes, real_hashes, threshold)
+    corr = best_correlation(thumbnails(data.images[pairs[:, 0]]), thumbnails(data.images[pairs[:, 1]]))
+    order = np.argsort(-corr)[:top]
+    dist = [int(np.bitwise_count(real_hashes[i, 0] ^ real_hashes[j]).min()) for i, j in pairs[order]]
+    contact_sheet(
+        path,
+        data.images,
+        [list(pairs[k]) for k in order],
+        [[data.sources[i].split("/")[-1][:14] for i in pairs[k]] for k in order],
+        [f"d={d} r={corr[k]:.3f}" for d, k in zip(dist, order)],
+        max_cols=2,
+    )
+    print(
+        f"real pbc96: {len(pairs)} pHash candidates at distance <= {threshold}; highest correlations "
+        f"{np.round(corr[order[:5]], 3).tolist()} -> {path}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--root", default=str(Path(__file__).resolve().parents[2] / "shared/data/pbc96/train"))
@@ -69,6 +92,7 @@ def main() -> None:
     real = clean_dataset(data.images, data.labels, data.class_names, **options)
     write_clean_outputs(out / "pbc96_real", data, real)
     print(f"real pbc96: {len(real.groups)} groups {real.counts['groups_by_decision']}, {len(real.outliers)} outliers")
+    closest_candidates(data, options["threshold"], out / "pbc96_candidates.png")
 
     planted = plant_pollution(data.images, data.labels)
     n = len(planted.images)

@@ -3,33 +3,31 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
-from bloodcells.config import CONFIG_DIR, PROJECT_ROOT
+from bloodcells.config import PROJECT_ROOT, compose_config
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # an attempted download fails at once, not after retries
 
 SAMPLE_DIR = PROJECT_ROOT / "data" / "sample"
 
 
-def compose_config(config_name: str, overrides: list[str], run_dir: Path) -> DictConfig:
-    """Compose like ``python -m bloodcells.<entry>``, with the run dir under ``run_dir``."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
-        cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
-    HydraConfig().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(run_dir)
-        cfg.paths.log_dir = str(run_dir)
-        del cfg.hydra
-    return cfg
+__all__ = ["compose_config", "run_train_cli"]
+
+
+def run_train_cli(*overrides: str, log_dir: Path) -> subprocess.CompletedProcess:
+    """``python -m bloodcells.train`` with a tiny model, as a user runs it, outputs under ``log_dir``."""
+    cmd = [sys.executable, "-m", "bloodcells.train", *FAST_TRAIN, *overrides, f"paths.log_dir={log_dir}"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=PROJECT_ROOT, env=env, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
+    return out
 
 
 FAST_TRAIN = [

@@ -5,20 +5,16 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 
 import lightning.pytorch as pl
 import pytest
 import torch
 
-from bloodcells.config import PROJECT_ROOT
 from bloodcells.evaluate import evaluate
 from bloodcells.instantiate import build_datamodule, build_model, build_trainer
 from bloodcells.models.finetune import FinetuneSchedule, Stage
 from bloodcells.train import resolve_resume, train
-from tests.conftest import compose_config
+from tests.conftest import compose_config, run_train_cli
 
 STAGED = [
     "finetune=staged",
@@ -162,19 +158,7 @@ FAST = ["model=tiny", "data.num_workers=0", "trainer.enable_progress_bar=false"]
 
 @pytest.mark.slow
 def test_ddp_cpu_two_processes_one_run_dir_same_test_metrics(tmp_path):
-    cmd = [
-        sys.executable,
-        "-m",
-        "bloodcells.train",
-        *FAST,
-        "trainer=ddp_cpu",
-        "trainer.max_epochs=2",
-        "finetune=full",
-        f"paths.log_dir={tmp_path}",
-    ]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=PROJECT_ROOT, env=env, timeout=600)
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
+    out = run_train_cli("trainer=ddp_cpu", "trainer.max_epochs=2", "finetune=full", log_dir=tmp_path)
     runs = list((tmp_path / "train" / "runs").iterdir())
     assert len(runs) == 1, runs
     run = runs[0]
@@ -191,3 +175,19 @@ def test_bf16_mixed_on_cpu_runs(train_cfg):
     cfg = train_cfg("trainer.precision=bf16-mixed", "+trainer.fast_dev_run=true", "callbacks=none")
     metrics = train(cfg)
     assert metrics["n"] > 0 and not math.isnan(metrics["nll"])
+
+
+def test_ema_and_gradient_clipping_train(train_cfg):
+    cfg = train_cfg(
+        "callbacks=ema",
+        "callbacks.ema.update_starting_at_step=1",
+        "callbacks.early_stopping=null",
+        "trainer.max_epochs=1",
+        "+trainer.limit_train_batches=4",
+        "trainer.gradient_clip_val=1.0",
+        "finetune=full",
+        "optim=adamw",
+        "sched.warmup_epochs=1",
+    )
+    metrics = train(cfg)
+    assert metrics["n"] == 96 and Path(metrics["best_checkpoint"]).is_file()

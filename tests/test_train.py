@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +15,7 @@ from bloodcells.evaluate import evaluate
 from bloodcells.models.module import load_classifier
 from bloodcells.predict import predict
 from bloodcells.train import train
-from tests.conftest import compose_config
+from tests.conftest import compose_config, run_train_cli
 
 
 def test_fast_dev_run_trains_and_tests_tiny_model(train_cfg):
@@ -83,19 +81,7 @@ def test_checkpoint_carries_what_predict_needs(train_cfg):
 
 @pytest.mark.slow
 def test_cli_writes_one_run_dir_and_prints_summary(tmp_path):
-    cmd = [
-        sys.executable,
-        "-m",
-        "bloodcells.train",
-        "model=tiny",
-        "+trainer.fast_dev_run=true",
-        "callbacks=none",
-        "data.num_workers=0",
-        "trainer.enable_progress_bar=false",
-        f"paths.log_dir={tmp_path}",
-    ]
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=PROJECT_ROOT, env={"HF_HUB_OFFLINE": "1", "PATH": ""})
-    assert out.returncode == 0, out.stderr[-3000:]
+    out = run_train_cli("+trainer.fast_dev_run=true", "callbacks=none", log_dir=tmp_path)
     runs = list((tmp_path / "train" / "runs").iterdir())
     assert len(runs) == 1
     assert f"Run dir: {runs[0]}" in out.stdout
@@ -143,21 +129,7 @@ def test_every_reader_config_builds_a_datamodule(kind, tmp_path, make_images):
 
 @pytest.mark.slow
 def test_multirun_writes_one_dir_per_job(tmp_path):
-    cmd = [
-        sys.executable,
-        "-m",
-        "bloodcells.train",
-        "-m",
-        "aug=none,standard",
-        "model=tiny",
-        "+trainer.fast_dev_run=true",
-        "callbacks=none",
-        "data.num_workers=0",
-        "trainer.enable_progress_bar=false",
-        f"paths.log_dir={tmp_path}",
-    ]
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=PROJECT_ROOT, env={"HF_HUB_OFFLINE": "1", "PATH": ""})
-    assert out.returncode == 0, out.stderr[-3000:]
+    run_train_cli("-m", "aug=none,standard", "+trainer.fast_dev_run=true", "callbacks=none", log_dir=tmp_path)
     sweeps = list((tmp_path / "train" / "multiruns").iterdir())
     assert len(sweeps) == 1
     jobs = sorted(p.name for p in sweeps[0].iterdir() if p.is_dir())
