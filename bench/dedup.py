@@ -86,7 +86,7 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.out)
     data = read_folder(args.root)
-    options = dict(threshold=8, min_correlation=0.98, drop_outliers=True)
+    options = dict(threshold=8, min_correlation=0.90, drop_outliers=True)
 
     # the real development set as it is: how many near-duplicate groups at the defaults?
     real = clean_dataset(data.images, data.labels, data.class_names, **options)

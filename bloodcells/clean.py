@@ -19,7 +19,7 @@ import numpy as np
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from bloodcells.config import CONFIG_DIR
+from bloodcells.config import CONFIG_DIR, user_errors
 from bloodcells.data.contact_sheet import contact_sheet, mean_pixel_histogram
 from bloodcells.data.dedup import CleanReport, clean_dataset, cross_duplicates
 from bloodcells.data.readers import ImageSet, read_unlabelled
@@ -111,7 +111,8 @@ def clean(cfg: DictConfig) -> CleanReport:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="clean")
 def main(cfg: DictConfig) -> None:
-    clean(cfg)
+    with user_errors():
+        clean(cfg)
 
 
 if __name__ == "__main__":

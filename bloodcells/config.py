@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -29,3 +32,16 @@ def compose_config(config_name: str, overrides: list[str], run_dir: Path | str) 
         cfg.paths.log_dir = str(run_dir)
         del cfg.hydra
     return cfg
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Bad input from the user ends the run with its one-line message, not a stack trace."""
+    from bloodcells.data.readers import DataError
+    from bloodcells.models.backbones import PretrainedWeightsError
+
+    try:
+        yield
+    except (DataError, PretrainedWeightsError, FileNotFoundError) as err:
+        print(f"bloodcells: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None

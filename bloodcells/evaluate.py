@@ -13,7 +13,7 @@ import hydra
 import lightning.pytorch as pl
 from omegaconf import DictConfig
 
-from bloodcells.config import CONFIG_DIR
+from bloodcells.config import CONFIG_DIR, user_errors
 from bloodcells.data.datamodule import BloodCellDataModule
 from bloodcells.data.readers import DataError
 from bloodcells.inference import evaluate_loader
@@ -51,7 +51,8 @@ def evaluate(cfg: DictConfig) -> dict:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate")
 def main(cfg: DictConfig) -> None:
-    evaluate(cfg)
+    with user_errors():
+        evaluate(cfg)
 
 
 if __name__ == "__main__":

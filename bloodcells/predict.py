@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from bloodcells.config import CONFIG_DIR
+from bloodcells.config import CONFIG_DIR, user_errors
 from bloodcells.data.readers import read_unlabelled
 from bloodcells.data.transforms import build_pipeline, to_tensor
 from bloodcells.models.module import CellClassifier, load_classifier
@@ -47,7 +47,8 @@ def predict(cfg: DictConfig) -> Path:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="predict")
 def main(cfg: DictConfig) -> None:
-    predict(cfg)
+    with user_errors():
+        predict(cfg)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import numpy as np  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from bloodcells.config import CONFIG_DIR  # noqa: E402
+from bloodcells.config import CONFIG_DIR, user_errors  # noqa: E402
 from bloodcells.data.readers import ImageSet  # noqa: E402
 from bloodcells.data.transforms import build_pipeline  # noqa: E402
 
@@ -48,7 +48,8 @@ def preview(cfg: DictConfig) -> Path:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="preview")
 def main(cfg: DictConfig) -> None:
-    preview(cfg)
+    with user_errors():
+        preview(cfg)
 
 
 if __name__ == "__main__":

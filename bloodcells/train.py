@@ -15,7 +15,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
 
-from bloodcells.config import CONFIG_DIR
+from bloodcells.config import CONFIG_DIR, user_errors
 from bloodcells.inference import evaluate_loader
 from bloodcells.instantiate import build_datamodule, build_model, build_trainer
 from bloodcells.models.module import load_classifier
@@ -68,7 +68,8 @@ def train(cfg: DictConfig) -> dict:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    metrics = train(cfg)
+    with user_errors():
+        metrics = train(cfg)
     return metrics.get("balanced_accuracy")
 
 

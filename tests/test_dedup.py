@@ -74,7 +74,9 @@ def test_cleaning_finds_every_planted_item_and_drops_no_clean_image(sample):
     assert len(pollution) == 1 and pollution[0]["size"] == 300
     for copy, (original, _) in planted.near_copies.items():
         assert report.group_of[copy] == report.group_of[original]
-    assert report.counts["groups_by_decision"]["duplicate_keep_one"] == 40
+    # 20 exact + 20 near copies; the tinted outliers are recoloured copies, so they group too
+    assert report.counts["groups_by_decision"]["duplicate_keep_one"] == 40 + len(planted.colour_outliers)
+    assert {o["index"] for o in report.outliers} == set(planted.colour_outliers)
 
 
 def test_conflicting_labels_dropped_or_relabelled_by_majority(sample):
@@ -126,7 +128,7 @@ def test_clean_cli_writes_report_sheets_and_cleaned_npz(sample, tmp_path):
     for name in ("report.json", "groups.png", "outliers.png", "mean_pixel_histogram.png", "cleaned.npz", "audit.json"):
         assert (run / name).is_file(), name
     saved = json.loads((run / "report.json").read_text())
-    assert saved["removed"] == report.removed and len(saved["removed"]) == 60 + 3 + 3
+    assert saved["removed"] == report.removed and len(saved["removed"]) == 60 + 3 + 3 + 2  # tinted copies too
     cleaned = np.load(run / "cleaned.npz")
     assert len(cleaned["labels"]) == len(planted.labels) - len(report.removed)
     assert json.loads((run / "audit.json").read_text())["with_duplicate_in_data"] == 4

@@ -137,3 +137,12 @@ def test_multirun_writes_one_dir_per_job(tmp_path):
     for job in jobs:
         assert (sweeps[0] / job / "metrics.json").is_file()
     assert not (tmp_path / "train" / "runs").exists()
+
+
+@pytest.mark.slow
+def test_cli_bad_input_gives_one_line_not_a_stack_trace(tmp_path):
+    np.savez(tmp_path / "bad.npz", images=np.zeros((4, 96, 96, 3), np.uint8), labels=np.array([0, 1, 9, 2]))
+    out = run_train_cli("data=npz", f"data.path={tmp_path / 'bad.npz'}", log_dir=tmp_path, check=False)
+    assert out.returncode == 2
+    assert "bad.npz: label 9 at index 2 is outside the class range 0..7" in out.stderr
+    assert "Traceback" not in out.stderr
