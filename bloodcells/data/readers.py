@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +40,6 @@ class ImageSet:
     class_names: tuple[str, ...] = CLASS_NAMES
     split: np.ndarray | None = None
     """Optional per-image split name ('train'/'val'/'test') that the data brings."""
-    meta: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -53,11 +52,7 @@ class ImageSet:
             sources=[self.sources[i] for i in idx],
             class_names=self.class_names,
             split=None if self.split is None else self.split[idx],
-            meta=dict(self.meta),
         )
-
-    def class_counts(self) -> np.ndarray:
-        return np.bincount(self.labels, minlength=len(self.class_names))
 
 
 def to_rgb(images: np.ndarray, where: str) -> np.ndarray:

@@ -118,10 +118,6 @@ class CellClassifier(pl.LightningModule):
         self.log_dict({f"val/{k}": v for k, v in self.val_metrics.compute().items()}, prog_bar=True)
         self.val_metrics.reset()
 
-    def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        images = batch[0] if isinstance(batch, (tuple, list)) else batch
-        return self(images).float().softmax(dim=1)
-
     # --- optimisation ------------------------------------------------------------------
     def param_groups(self) -> list[dict]:
         """Head first, then one group per backbone block; fixed for the whole run."""
