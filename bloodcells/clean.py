@@ -10,7 +10,6 @@ lists the audited images that have a near-duplicate in the data (train/test leak
 from __future__ import annotations
 
 import json
-import logging
 import time
 from pathlib import Path
 
@@ -23,8 +22,6 @@ from bloodcells.config import CONFIG_DIR, user_errors
 from bloodcells.data.contact_sheet import contact_sheet, mean_pixel_histogram
 from bloodcells.data.dedup import CleanReport, clean_dataset, cross_duplicates
 from bloodcells.data.readers import ImageSet, read_unlabelled
-
-log = logging.getLogger(__name__)
 
 
 def write_clean_outputs(out_dir: Path, data: ImageSet, report: CleanReport, max_groups: int = 20) -> None:

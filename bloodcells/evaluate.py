@@ -6,7 +6,6 @@ predictions.csv, confusion_matrix.png) into its own run dir.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import hydra
@@ -20,8 +19,6 @@ from bloodcells.inference import evaluate_loader
 from bloodcells.instantiate import build_datamodule
 from bloodcells.models.module import CellClassifier, load_classifier
 from bloodcells.reports import format_summary, write_evaluation
-
-log = logging.getLogger(__name__)
 
 
 def datamodule_for(model: CellClassifier, cfg: DictConfig) -> BloodCellDataModule:

@@ -187,9 +187,12 @@ def clean_dataset(
     removed: set[int] = set()
     decision_counts: Counter = Counter()
     removed_by_class: Counter = Counter()
-    roots, sizes = np.unique(group_of, return_counts=True)
-    for root in roots[sizes > 1]:
-        members = np.flatnonzero(group_of == root)
+    # one stable sort instead of a scan of all images per group: members stay in index order
+    order = np.argsort(group_of, kind="stable")
+    starts = np.flatnonzero(np.diff(group_of[order], prepend=-1))
+    for members in np.split(order, starts[1:]):
+        if len(members) < 2:
+            continue
         member_labels = labels[members]
         label_counts = Counter(int(x) for x in member_labels)
         exact_members = len(np.unique(exact[members])) == 1
