@@ -37,11 +37,16 @@ def compose_config(config_name: str, overrides: list[str], run_dir: Path | str) 
 @contextmanager
 def user_errors() -> Iterator[None]:
     """Bad input from the user ends the run with its one-line message, not a stack trace."""
-    from bloodcells.data.readers import DataError
-    from bloodcells.models.backbones import PretrainedWeightsError
+    from omegaconf.errors import MissingMandatoryValue
+
+    from bloodcells.errors import UserError
 
     try:
         yield
-    except (DataError, PretrainedWeightsError, FileNotFoundError) as err:
+    except (UserError, FileNotFoundError) as err:
         print(f"bloodcells: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except MissingMandatoryValue as err:
+        key = err.full_key or "a mandatory option"
+        print(f"bloodcells: error: {key} is required: pass {key}=... on the command line", file=sys.stderr)
         raise SystemExit(2) from None

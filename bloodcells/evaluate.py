@@ -14,10 +14,11 @@ from omegaconf import DictConfig
 
 from bloodcells.config import CONFIG_DIR, user_errors
 from bloodcells.data.datamodule import BloodCellDataModule
-from bloodcells.data.readers import DataError
+from bloodcells.errors import DataError
 from bloodcells.inference import evaluate_loader
 from bloodcells.instantiate import build_datamodule
-from bloodcells.models.module import CellClassifier, load_classifier
+from bloodcells.checkpoints import load_classifier
+from bloodcells.models.module import CellClassifier
 from bloodcells.reports import format_summary, write_evaluation
 
 

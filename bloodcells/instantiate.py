@@ -35,6 +35,7 @@ def build_model(cfg: DictConfig) -> CellClassifier:
         finetune=plain(cfg.finetune),
         head=plain(cfg.model.head),
         _recursive_=False,
+        _convert_="all",
     )
 
 

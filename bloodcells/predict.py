@@ -17,7 +17,8 @@ from omegaconf import DictConfig
 from bloodcells.config import CONFIG_DIR, user_errors
 from bloodcells.data.readers import read_unlabelled
 from bloodcells.data.transforms import build_pipeline, to_tensor
-from bloodcells.models.module import CellClassifier, load_classifier
+from bloodcells.checkpoints import load_classifier
+from bloodcells.models.module import CellClassifier
 from bloodcells.reports import write_predictions
 
 

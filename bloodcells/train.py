@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 from bloodcells.config import CONFIG_DIR, user_errors
 from bloodcells.inference import evaluate_loader
 from bloodcells.instantiate import build_datamodule, build_model, build_trainer
-from bloodcells.models.module import load_classifier
+from bloodcells.checkpoints import load_classifier
 from bloodcells.reports import format_summary, write_evaluation
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ def train(cfg: DictConfig) -> dict:
     model = build_model(cfg)
     trainer = build_trainer(cfg)
     start = time.perf_counter()
-    trainer.fit(model, datamodule=datamodule, ckpt_path=resolve_resume(cfg), weights_only=False)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=resolve_resume(cfg), weights_only=True)
     fit_seconds = time.perf_counter() - start
     if not cfg.get("test", True):
         return {"fit_seconds": fit_seconds}

@@ -12,7 +12,7 @@ import torch
 
 from bloodcells.config import PROJECT_ROOT
 from bloodcells.evaluate import evaluate
-from bloodcells.models.module import load_classifier
+from bloodcells.checkpoints import load_classifier
 from bloodcells.predict import predict
 from bloodcells.train import train
 from tests.conftest import compose_config, run_train_cli

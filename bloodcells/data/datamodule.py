@@ -15,7 +15,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from bloodcells.data.dedup import clean_dataset
-from bloodcells.data.readers import DataError, ImageSet
+from bloodcells.data.readers import ImageSet
+from bloodcells.errors import ConfigError, DataError
 from bloodcells.data.sampling import EpochSampler
 from bloodcells.data.split import stratified_split
 from bloodcells.data.transforms import build_pipeline, to_tensor
@@ -154,6 +155,9 @@ class BloodCellDataModule(pl.LightningDataModule):
     def loader(
         self, dataset: Dataset, batch_size: int, drop_last: bool = False, sampler: EpochSampler | None = None
     ) -> DataLoader:
+        """A loader with its own generator: creating its iterator draws the workers' base seed
+        from it, not from the global RNG, so dropout after a resume sees the same RNG stream as
+        in an uninterrupted run (persistent workers draw once, a resumed run draws again)."""
         return DataLoader(
             dataset,
             batch_size=batch_size,
@@ -162,6 +166,7 @@ class BloodCellDataModule(pl.LightningDataModule):
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
             drop_last=drop_last,
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -169,8 +174,22 @@ class BloodCellDataModule(pl.LightningDataModule):
             raise ValueError(f"data.sampler must be none or weighted, got {self.sampler!r}")
         dataset = self.dataset("train", train=True)
         labels = self.data.labels[dataset.index]
-        sampler = EpochSampler(labels, self.seed, weighted=self.sampler == "weighted", n_classes=len(self.class_names))
+        sampler = EpochSampler(
+            labels,
+            self.seed,
+            weighted=self.sampler == "weighted",
+            n_classes=len(self.class_names),
+            epoch_fn=self.trainer_epoch,
+        )
         return self.loader(dataset, self.batch_size, drop_last=len(dataset) > self.batch_size, sampler=sampler)
+
+    def trainer_epoch(self) -> int | None:
+        """The epoch the trainer is about to run, or None without a trainer.
+
+        Lightning's own ``set_epoch`` value (epochs processed): on resume it is already the
+        resumed epoch when the loader iterator is built, while ``current_epoch`` lags by one.
+        """
+        return self.trainer.fit_loop.epoch_progress.current.processed if self.trainer is not None else None
 
     def val_dataloader(self) -> DataLoader:
         return self.loader(self.dataset("val"), self.eval_batch_size)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from bloodcells.data.hashing import dihedral_hashes, exact_ids, resize_luma, to_luma
-from bloodcells.data.readers import DataError
+from bloodcells.errors import DataError
 
 
 def hamming_pairs(

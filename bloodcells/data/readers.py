@@ -19,15 +19,12 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from bloodcells import CLASS_NAMES
+from bloodcells.errors import DataError
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 SPLITS = ("train", "val", "test")
-
-
-class DataError(ValueError):
-    """Bad input data, with a message that names the file and what is wrong."""
 
 
 @dataclass

@@ -2,13 +2,17 @@
 
 Each item is ``(dataset position, augmentation seed)``; the dataset reseeds its pipeline
 with that seed, so what a sample looks like depends only on (run seed, epoch, draw), not on
-the worker that loads it or on whether the run was resumed. Lightning calls ``set_epoch``
-before every epoch, which is what makes a resumed run continue exactly.
+the worker that loads it or on whether the run was resumed.
+
+The epoch comes from ``epoch_fn`` (the trainer's current epoch) when given. ``set_epoch``
+alone is not enough: with loader workers, the DataLoader iterator prefetches (and so
+iterates the sampler) *before* Lightning calls ``set_epoch``, so a resumed run replayed
+epoch 0's order and augmentations in its first epoch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -19,9 +23,16 @@ class EpochSampler(Sampler[tuple[int, int]]):
     """A shuffled epoch (each position once) or, with ``weighted``, ``len(labels)`` draws
     with replacement by inverse class frequency (every class equally often in expectation)."""
 
-    def __init__(self, labels: np.ndarray, seed: int, weighted: bool = False, n_classes: int | None = None) -> None:
+    def __init__(
+        self,
+        labels: np.ndarray,
+        seed: int,
+        weighted: bool = False,
+        n_classes: int | None = None,
+        epoch_fn: Callable[[], int | None] | None = None,
+    ) -> None:
         self.n = len(labels)
-        self.seed, self.epoch, self.weighted = seed, 0, weighted
+        self.seed, self.epoch, self.weighted, self.epoch_fn = seed, 0, weighted, epoch_fn
         counts = np.bincount(labels, minlength=n_classes or 0).astype(np.float64)
         self.weights = torch.as_tensor(1.0 / counts[labels], dtype=torch.double)
 
@@ -32,8 +43,10 @@ class EpochSampler(Sampler[tuple[int, int]]):
         return self.n
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        # Without set_epoch calls (e.g. inside DDP's sampler wrapper) epochs still differ.
-        epoch, self.epoch = self.epoch, self.epoch + 1
+        known = self.epoch_fn() if self.epoch_fn is not None else None
+        # Without a trainer or set_epoch calls, consecutive epochs still differ.
+        epoch = known if known is not None else self.epoch
+        self.epoch = epoch + 1
         g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
         if self.weighted:
             order = torch.multinomial(self.weights, self.n, replacement=True, generator=g)

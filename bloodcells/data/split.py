@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bloodcells.data.readers import DataError
+from bloodcells.errors import DataError
 
 
 def stratified_split(

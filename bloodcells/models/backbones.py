@@ -17,6 +17,8 @@ import timm
 import torch
 from torch import nn
 
+from bloodcells.errors import PretrainedWeightsError
+
 OFFLINE_PREFIX = "offline:"
 
 _TOP_LEVEL = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
@@ -29,10 +31,6 @@ _INVERTED_RESIDUAL = {
     "_bn2": "bn3",
 }
 _DEPTHWISE_SEPARABLE = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
-
-
-class PretrainedWeightsError(RuntimeError):
-    """Pretrained weights could not be obtained; the message says how to work offline."""
 
 
 def offline_weights_file(variant: str) -> Path:

@@ -1,9 +1,10 @@
 """The LightningModule: a timm backbone, a head, a loss, staged fine-tuning and metrics.
 
 The checkpoint carries everything prediction needs (class names, image size, backbone and
-head config in the hyperparameters; input mean/std as buffers), so
-``CellClassifier.load_from_checkpoint`` rebuilds the model with no data or config at hand.
-The model takes uint8 images and normalises them itself.
+head config in the hyperparameters, as plain Python containers so that it loads with
+``weights_only=True``; input mean/std as buffers), so ``bloodcells.checkpoints.load_classifier``
+rebuilds the model with no data or config at hand. The model takes uint8 images and
+normalises them itself.
 """
 
 from __future__ import annotations
@@ -14,12 +15,21 @@ import hydra
 import lightning.pytorch as pl
 import torch
 
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
 from bloodcells.metrics import validation_metrics
 from bloodcells.models.backbones import backbone_norm, create_backbone
 from bloodcells.models.finetune import FinetuneSchedule, backbone_blocks, batchnorm_blocks
 from bloodcells.models.heads import MLPHead
 from bloodcells.models.losses import class_weights
 from bloodcells.models.schedulers import StagedLR
+
+
+def to_plain(value: Any) -> Any:
+    """OmegaConf containers -> dicts and lists (checkpoints must hold only plain types)."""
+    if isinstance(value, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
 
 
 class CellClassifier(pl.LightningModule):
@@ -39,7 +49,10 @@ class CellClassifier(pl.LightningModule):
         drop_path_rate: float = 0.0,
     ) -> None:
         super().__init__()
+        head, class_names, optim, sched, loss, finetune = map(to_plain, (head, class_names, optim, sched, loss, finetune))
         self.save_hyperparameters()
+        self.calibration: dict = {}
+        """Temperatures fitted after training, per TTA key (see ``checkpoints.write_calibration``)."""
         self.class_names = list(class_names)
         self.backbone = create_backbone(backbone, pretrained, weights, drop_rate, drop_path_rate)
         mean, std = backbone_norm(self.backbone)
@@ -148,21 +161,12 @@ class CellClassifier(pl.LightningModule):
     def lr_scheduler_step(self, scheduler: StagedLR, metric: Any) -> None:
         scheduler.step(metric)
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.calibration = dict(checkpoint.get("calibration", {}))
+
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Frozen groups get no update at all: no weight decay, no optimizer-state drift."""
         for group in optimizer.param_groups:
             if group["lr"] == 0:
                 for p in group["params"]:
                     p.grad = None
-
-
-def load_classifier(ckpt_path: str, map_location: str | torch.device = "cpu") -> CellClassifier:
-    """Rebuild a trained classifier from its checkpoint alone (no download, no data).
-
-    Checkpoints hold plain Python objects beside tensors (hparams, loop state), so they are
-    unpickled in full: load only checkpoints you trust.
-    """
-    model = CellClassifier.load_from_checkpoint(
-        ckpt_path, map_location=map_location, weights_only=False, pretrained=False
-    )
-    return model.eval()

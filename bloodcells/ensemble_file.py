@@ -1,0 +1,91 @@
+"""Ensemble files, and ``load_predictor``: a checkpoint or an ensemble file, interchangeably.
+
+An ensemble file is JSON: its members (checkpoint paths, relative to the file when they sit
+below it), their weights, the TTA, and the temperature fitted for that TTA, plus a record of
+what was fitted on which split. ``predict`` and ``evaluate`` accept it wherever they accept a
+checkpoint. A checkpoint carries its own calibration (temperature per TTA key), written by
+the train-time TTA callback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from bloodcells.checkpoints import check_path, load_classifier
+from bloodcells.errors import CheckpointError
+from bloodcells.predictor import Predictor
+from bloodcells.tta import NO_TTA, TTA
+
+log = logging.getLogger(__name__)
+
+FORMAT = "bloodcells-ensemble"
+ENSEMBLE_SUFFIXES = (".json",)
+
+
+def write_ensemble_file(
+    path: Path, members: list[str], weights: list[float], tta: TTA, temperature: float, provenance: dict
+) -> Path:
+    """Write the ensemble file (member paths relative to it where possible)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rel = [os.path.relpath(Path(m).resolve(), path.parent.resolve()) for m in members]
+    body = {
+        "format": FORMAT,
+        "version": 1,
+        "members": [{"checkpoint": r, "weight": float(w)} for r, w in zip(rel, weights)],
+        "tta": tta.to_dict(),
+        "temperature": float(temperature),
+        "provenance": provenance,
+    }
+    path.write_text(json.dumps(body, indent=2))
+    return path
+
+
+def read_ensemble_file(path: Path) -> dict:
+    try:
+        body = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path}: not a readable ensemble file ({err})") from None
+    if not isinstance(body, dict) or body.get("format") != FORMAT or not body.get("members"):
+        raise CheckpointError(f"{path}: not a bloodcells ensemble file (no format '{FORMAT}' with members)")
+    return body
+
+
+def tta_from_dict(spec: dict | None, where: str) -> TTA:
+    try:
+        return TTA(**(spec or {}))
+    except TypeError as err:
+        raise CheckpointError(f"{where}: bad TTA entry {spec} ({err})") from None
+
+
+def load_predictor(path: object, tta: TTA | None = None, device: str | torch.device = "cpu") -> Predictor:
+    """A ``Predictor`` from a checkpoint or an ensemble file.
+
+    ``tta=None`` keeps the stored TTA (the ensemble file's, or the one a checkpoint was
+    calibrated with; none otherwise). The stored temperature applies only to the TTA it was
+    fitted for; any other TTA runs uncalibrated (T = 1), with a warning.
+    """
+    file = check_path(path)
+    if file.suffix.lower() in ENSEMBLE_SUFFIXES:
+        body = read_ensemble_file(file)
+        stored = tta_from_dict(body.get("tta"), str(file))
+        paths = [str(file.parent / m["checkpoint"]) for m in body["members"]]
+        members = [load_classifier(p, device) for p in paths]
+        weights = [float(m.get("weight", 1.0)) for m in body["members"]]
+        temperatures = {stored.key: float(body.get("temperature", 1.0))}
+    else:
+        model = load_classifier(file, device)
+        members, paths, weights = [model], [str(file)], None
+        stored = tta_from_dict(model.calibration.get("tta"), str(file)) if model.calibration else NO_TTA
+        temperatures = dict(model.calibration.get("temperatures", {}))
+    chosen = tta or stored
+    temperature = temperatures.get(chosen.key)
+    if temperature is None:
+        if temperatures:
+            log.warning("%s: calibrated for TTA %s, not %s; predicting uncalibrated", file, list(temperatures), chosen.key)
+        temperature = 1.0
+    return Predictor(members, chosen, weights, temperature, paths)

@@ -1,0 +1,140 @@
+"""One scorer for every prediction: checkpoints x TTA views x member weights x temperature.
+
+``train``'s test, ``evaluate``, ``predict`` and ``ensemble`` all score through
+``Predictor.scores`` (one device, every sample once, in loader order). A single checkpoint is
+an ensemble of one member. Members may differ in backbone, input size and normalisation:
+each model normalises its own input, and a batch is resized to a member's size on the fly.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from bloodcells.calibration import apply_temperature
+from bloodcells.errors import CheckpointError
+from bloodcells.models.module import CellClassifier
+from bloodcells.tta import NO_TTA, TTA
+
+log = logging.getLogger(__name__)
+
+
+def resize_batch(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Antialiased bilinear resize of a uint8 (or 0-255 float) batch to size x size."""
+    if images.shape[-2:] == (size, size):
+        return images
+    return F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+
+
+@torch.inference_mode()
+def _view_logits(model: CellClassifier, loader: DataLoader, tta: TTA) -> tuple[list, list, list]:
+    model.eval()
+    size = model.hparams.image_size
+    logits, targets, index = [], [], []
+    for images, y, idx in loader:
+        x = resize_batch(images.to(model.device), size)
+        out = model(tta.expand(x)).float()
+        logits.append(out.view(tta.n_views, len(images), -1).cpu())
+        targets.append(y)
+        index.append(idx)
+    return logits, targets, index
+
+
+def view_logits(model: CellClassifier, loader: DataLoader, tta: TTA) -> dict[str, torch.Tensor]:
+    """Logits of every TTA view (V x N x K; view 0 is the identity), targets and indices.
+
+    All views of a batch go through the model as one batch.
+    """
+    logits, targets, index = _view_logits(model, loader, tta)
+    # cat outside inference mode: the results can enter autograd (temperature fitting)
+    return {"logits": torch.cat(logits, dim=1), "targets": torch.cat(targets), "index": torch.cat(index)}
+
+
+@dataclass
+class Scores:
+    """Logits of every member and view of one pass over a loader (M x V x N x K)."""
+
+    logits: torch.Tensor
+    targets: torch.Tensor
+    index: torch.Tensor
+
+    def member_probs(self, tta: TTA | None) -> torch.Tensor:
+        """M x N x K probabilities: each member's TTA merge, or its identity view (``None``)."""
+        if tta is None:
+            return self.logits[:, 0].softmax(dim=-1)
+        return torch.stack([tta.merge_logits(member) for member in self.logits])
+
+    def probs(self, tta: TTA | None, weights: torch.Tensor | None = None, temperature: float = 1.0) -> torch.Tensor:
+        """N x K probabilities: weighted mean over members (uniform by default), then temperature."""
+        members = self.member_probs(tta)
+        if weights is None:
+            weights = torch.full((len(members),), 1.0 / len(members))
+        return apply_temperature((weights.view(-1, 1, 1) * members).sum(dim=0), temperature)
+
+
+@dataclass
+class Predictor:
+    """Members (loaded checkpoints) with their TTA, weights and calibration temperature."""
+
+    members: list[CellClassifier]
+    tta: TTA = NO_TTA
+    weights: torch.Tensor | None = None
+    temperature: float = 1.0
+    paths: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        names = [m.class_names for m in self.members]
+        if any(n != names[0] for n in names):
+            raise CheckpointError(f"ensemble members disagree on the classes: {names}")
+        if self.weights is not None:
+            self.weights = torch.as_tensor(self.weights, dtype=torch.float32)
+            if len(self.weights) != len(self.members) or (self.weights < 0).any() or self.weights.sum() <= 0:
+                raise CheckpointError(f"ensemble weights {self.weights.tolist()} do not fit {len(self.members)} members")
+            self.weights = self.weights / self.weights.sum()
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.members[0].class_names
+
+    @property
+    def image_size(self) -> int:
+        """The size data is read at: the largest member's (smaller members resize down)."""
+        return max(m.hparams.image_size for m in self.members)
+
+    def to(self, device: torch.device | str) -> Predictor:
+        self.members = [m.to(device) for m in self.members]
+        return self
+
+    def scores(self, loader: DataLoader, tta: TTA | None = None) -> Scores:
+        """One pass per member over ``loader`` with ``tta`` (default: the predictor's)."""
+        tta = tta or self.tta
+        passes = [view_logits(m, loader, tta) for m in self.members]
+        for p in passes[1:]:
+            if not torch.equal(p["index"], passes[0]["index"]):
+                raise RuntimeError("the loader changed its order between members; it must not shuffle")
+        return Scores(torch.stack([p["logits"] for p in passes]), passes[0]["targets"], passes[0]["index"])
+
+    def predict(self, loader: DataLoader) -> dict[str, torch.Tensor]:
+        """Calibrated probabilities of the configured predictor, plus the identity-view ones."""
+        scores = self.scores(loader)
+        return {
+            "probs": scores.probs(self.tta, self.weights, self.temperature),
+            "plain_probs": scores.probs(None, self.weights, self.temperature if self.tta == NO_TTA else 1.0),
+            "targets": scores.targets,
+            "index": scores.index,
+        }
+
+
+def tta_changes(plain: torch.Tensor, tta: torch.Tensor, targets: torch.Tensor) -> dict[str, int]:
+    """How many predictions TTA changed, and of those how many it fixed and broke."""
+    before, after = plain.argmax(dim=1), tta.argmax(dim=1)
+    changed = before != after
+    return {
+        "changed": int(changed.sum()),
+        "fixed": int((changed & (after == targets)).sum()),
+        "broken": int((changed & (before == targets)).sum()),
+    }
