@@ -10,6 +10,9 @@ from __future__ import annotations
 import torch
 
 N_BINS = 15
+T_RANGE = (0.05, 20.0)
+"""Fitted temperatures are clipped to this range: an uninformative model drives T to
+infinity (uniform probabilities), where float32 ties would change the argmax."""
 
 
 def reliability_bins(
@@ -50,7 +53,8 @@ def apply_temperature(probs: torch.Tensor, temperature: float) -> torch.Tensor:
 def fit_temperature(probs: torch.Tensor, targets: torch.Tensor, max_iter: int = 200) -> float:
     """The T minimising validation NLL of ``apply_temperature(probs, T)``, optimised over log T.
 
-    Falls back to T = 1 if the optimiser does not improve on it, so fitting never raises
+    NLL is unimodal in log T, so clipping to ``T_RANGE`` keeps the best T in range. Falls
+    back to T = 1 if the optimiser does not improve on it, so fitting never raises
     validation NLL.
     """
     log_p = probs.double().clamp_min(1e-12).log()
@@ -66,7 +70,7 @@ def fit_temperature(probs: torch.Tensor, targets: torch.Tensor, max_iter: int = 
 
     with torch.enable_grad():
         optimizer.step(loss)
-    temperature = float(log_t.detach().exp())
+    temperature = min(max(float(log_t.detach().exp()), T_RANGE[0]), T_RANGE[1])
     if not torch.isfinite(torch.tensor(temperature)) or nll(apply_temperature(probs, temperature), targets) > nll(
         probs, targets
     ):

@@ -86,6 +86,8 @@ def load_predictor(path: object, tta: TTA | None = None, device: str | torch.dev
     temperature = temperatures.get(chosen.key)
     if temperature is None:
         if temperatures:
-            log.warning("%s: calibrated for TTA %s, not %s; predicting uncalibrated", file, list(temperatures), chosen.key)
+            log.warning(
+                "%s: calibrated for TTA %s, not %s; predicting uncalibrated", file, list(temperatures), chosen.key
+            )
         temperature = 1.0
     return Predictor(members, chosen, weights, temperature, paths)

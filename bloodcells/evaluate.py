@@ -1,7 +1,9 @@
-"""Evaluate a checkpoint on a data split: ``python -m bloodcells.evaluate ckpt_path=... data=...``.
+"""Evaluate a checkpoint or an ensemble file on a data split:
+``python -m bloodcells.evaluate ckpt_path=... data=... [tta=dihedral] [split=test]``.
 
 Writes the same artefacts as training's test step (metrics.json, per_class.csv,
-predictions.csv, confusion_matrix.png) into its own run dir.
+predictions.csv, confusion_matrix.png, reliability.png) into its own run dir. With TTA,
+metrics.json also counts the predictions TTA changed, fixed and broke.
 """
 
 from __future__ import annotations
@@ -10,39 +12,59 @@ from pathlib import Path
 
 import hydra
 import lightning.pytorch as pl
+from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from bloodcells.config import CONFIG_DIR, user_errors
 from bloodcells.data.datamodule import BloodCellDataModule
-from bloodcells.errors import DataError
-from bloodcells.inference import evaluate_loader
+from bloodcells.ensemble_file import load_predictor
+from bloodcells.errors import DataError, check_choice
 from bloodcells.instantiate import build_datamodule
-from bloodcells.checkpoints import load_classifier
-from bloodcells.models.module import CellClassifier
-from bloodcells.reports import format_summary, write_evaluation
+from bloodcells.metrics import compute_metrics
+from bloodcells.predictor import Predictor, resolve_device, tta_changes
+from bloodcells.reports import format_summary, plot_reliability, write_evaluation
+from bloodcells.tta import TTA
+
+SPLITS = ("test", "val", "train", "all")
 
 
-def datamodule_for(model: CellClassifier, cfg: DictConfig) -> BloodCellDataModule:
-    """The configured data, resized to the model's input size and checked against its classes."""
-    cfg.data.image_size = model.hparams.image_size
+def configured_tta(cfg: DictConfig) -> TTA | None:
+    """``tta=stored`` (empty) keeps what the checkpoint or ensemble file carries."""
+    return instantiate(cfg.tta) if cfg.get("tta") else None
+
+
+def datamodule_for(predictor: Predictor, cfg: DictConfig) -> BloodCellDataModule:
+    """The configured data at the predictor's input size, checked against its classes."""
+    cfg.data.image_size = predictor.image_size
     datamodule = build_datamodule(cfg)
-    if list(datamodule.class_names) != model.class_names:
+    if list(datamodule.class_names) != predictor.class_names:
         raise DataError(
-            f"{cfg.ckpt_path}: trained on classes {model.class_names}, data has {list(datamodule.class_names)}"
+            f"{cfg.ckpt_path}: trained on classes {predictor.class_names}, data has {list(datamodule.class_names)}"
         )
     return datamodule
 
 
 def evaluate(cfg: DictConfig) -> dict:
     pl.seed_everything(cfg.seed, workers=True)
-    model = load_classifier(cfg.ckpt_path)
-    datamodule = datamodule_for(model, cfg)
+    check_choice("split", cfg.split, SPLITS)
+    predictor = load_predictor(cfg.ckpt_path, configured_tta(cfg), resolve_device(cfg.get("device", "auto")))
+    datamodule = datamodule_for(predictor, cfg)
     loader = datamodule.loader(datamodule.dataset(cfg.split), datamodule.eval_batch_size)
-    results = evaluate_loader(model, loader)
+    out = predictor.predict(loader)
+    results = {**out, **compute_metrics(out["probs"], out["targets"], predictor.class_names)}
+    results["metrics"].update(tta=predictor.tta.key, temperature=predictor.temperature, members=len(predictor.members))
+    if predictor.tta.n_views > 1:
+        results["metrics"].update(tta_changes(out["plain_probs"], out["probs"], out["targets"]))
     run_dir = Path(cfg.paths.output_dir)
     sources = datamodule.sources(results["index"].numpy())
-    metrics = write_evaluation(run_dir, results, sources, model.class_names, title=f"{cfg.split} split")
-    print(f"\nEvaluation of {cfg.ckpt_path} on the {cfg.split} split:\n{format_summary(metrics, results['per_class'])}")
+    metrics = write_evaluation(run_dir, results, sources, predictor.class_names, title=f"{cfg.split} split")
+    plot_reliability(
+        run_dir / "reliability.png", out["targets"].numpy(), {predictor.tta.key: out["probs"].numpy()}, cfg.split
+    )
+    print(
+        f"\nEvaluation of {cfg.ckpt_path} (TTA {predictor.tta.key}, T={predictor.temperature:.3f}) "
+        f"on the {cfg.split} split:\n{format_summary(metrics, results['per_class'])}"
+    )
     print(f"Run dir: {run_dir}")
     return metrics
 

@@ -1,8 +1,8 @@
 """Test metrics from predicted probabilities: the honest set for an imbalanced 8-class task.
 
 AUROC is saturated on this data, so balanced accuracy, macro F1, per-class recall and
-calibration (ECE) are reported beside it. Train, evaluate and TTA all call ``compute_metrics``
-on the same arrays, so their figures are comparable by construction.
+calibration (ECE, NLL) are reported beside it. Train, evaluate, TTA and ensembles all call
+``compute_metrics`` on the same arrays, so their figures are comparable by construction.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import torch
 import torchmetrics.functional.classification as M
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+from bloodcells.calibration import expected_calibration_error, nll
 
 
 def validation_metrics(num_classes: int) -> MetricCollection:
@@ -48,8 +50,8 @@ def compute_metrics(probs: torch.Tensor, targets: torch.Tensor, class_names: lis
         "macro_recall": float(recall[present].mean()),
         "macro_f1": float(f1[present].mean()),
         "macro_auroc": float(auroc[present].mean()) if present.sum() > 1 else float("nan"),
-        "ece": float(M.multiclass_calibration_error(probs, targets, k, n_bins=15)),
-        "nll": float(torch.nn.functional.nll_loss(probs.clamp_min(1e-12).log(), targets)),
+        "ece": expected_calibration_error(probs, targets),
+        "nll": nll(probs, targets),
     }
     per_class = [
         {

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from bloodcells.calibration import apply_temperature
-from bloodcells.errors import CheckpointError
+from bloodcells.errors import CheckpointError, ConfigError
 from bloodcells.models.module import CellClassifier
 from bloodcells.tta import NO_TTA, TTA
 
@@ -62,6 +62,9 @@ class Scores:
     targets: torch.Tensor
     index: torch.Tensor
 
+    def subset(self, members: list[int]) -> Scores:
+        return Scores(self.logits[members], self.targets, self.index)
+
     def member_probs(self, tta: TTA | None) -> torch.Tensor:
         """M x N x K probabilities: each member's TTA merge, or its identity view (``None``)."""
         if tta is None:
@@ -93,7 +96,9 @@ class Predictor:
         if self.weights is not None:
             self.weights = torch.as_tensor(self.weights, dtype=torch.float32)
             if len(self.weights) != len(self.members) or (self.weights < 0).any() or self.weights.sum() <= 0:
-                raise CheckpointError(f"ensemble weights {self.weights.tolist()} do not fit {len(self.members)} members")
+                raise CheckpointError(
+                    f"ensemble weights {self.weights.tolist()} do not fit {len(self.members)} members"
+                )
             self.weights = self.weights / self.weights.sum()
 
     @property
@@ -138,3 +143,13 @@ def tta_changes(plain: torch.Tensor, tta: torch.Tensor, targets: torch.Tensor) -
         "fixed": int((changed & (after == targets)).sum()),
         "broken": int((changed & (before == targets)).sum()),
     }
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto``: the GPU when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError as err:
+        raise ConfigError(f"device={name!r} is not a device (auto, cpu, cuda, cuda:1...): {err}") from None

@@ -84,3 +84,70 @@ def format_summary(metrics: dict, per_class: list[dict]) -> str:
         "recall per class: " + "  ".join(f"{r['class']} {r['recall']:.2f}" for r in per_class),
     ]
     return "\n".join(lines)
+
+
+def plot_reliability(path: Path, targets: np.ndarray, curves: dict[str, np.ndarray], title: str) -> None:
+    """Reliability diagram: accuracy against mean confidence per bin, one line per curve
+    (e.g. before/after temperature scaling), with each curve's ECE in the legend."""
+    import torch
+
+    from bloodcells.calibration import expected_calibration_error, reliability_bins
+
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect calibration")
+    y = torch.as_tensor(targets)
+    for label, probs in curves.items():
+        p = torch.as_tensor(probs)
+        conf, acc, count = reliability_bins(p, y)
+        used = count > 0
+        ece = expected_calibration_error(p, y)
+        ax.plot(conf[used], acc[used], marker="o", ms=3, label=f"{label} (ECE {ece:.4f})")
+    ax.set_xlabel("mean confidence in bin")
+    ax.set_ylabel("accuracy in bin")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_title(title)
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+COMPARISON_COLUMNS = (
+    "variant",
+    "members",
+    "views",
+    "accuracy",
+    "balanced_accuracy",
+    "macro_f1",
+    "nll",
+    "ece",
+    "temperature",
+    "nll_calibrated",
+    "ece_calibrated",
+    "changed",
+    "fixed",
+    "broken",
+)
+
+
+def write_comparison(out_dir: Path, rows: list[dict], note: str) -> None:
+    """comparison.csv and comparison.md: one row per variant (plain, TTA, ensemble...)."""
+    with open(out_dir / "comparison.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COMPARISON_COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    (out_dir / "comparison.md").write_text(format_comparison(rows) + f"\n\n{note}\n")
+
+
+def format_comparison(rows: list[dict]) -> str:
+    """A Markdown table (also what the CLI prints)."""
+    cols = [c for c in COMPARISON_COLUMNS if any(c in r for r in rows)]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        cells = []
+        for c in cols:
+            v = r.get(c, "")
+            cells.append(f"{v:.4f}" if isinstance(v, float) else str(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

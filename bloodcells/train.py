@@ -1,40 +1,55 @@
 """Train, then test the best checkpoint: ``python -m bloodcells.train model=... data=...``.
 
 Writes into the run dir: the resolved config (.hydra/), checkpoints/, metrics.json,
-per_class.csv, predictions.csv, confusion_matrix.png and the CSV training log.
+per_class.csv, predictions.csv, confusion_matrix.png, the CSV training log and, with the
+TTA ensemble callback (on by default), comparison.csv/.md (plain / TTA / ensemble), the
+reliability diagram, the calibrated best checkpoint and ensemble.json (top-k > 1).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
 
 import hydra
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
 
-from bloodcells.config import CONFIG_DIR, user_errors
-from bloodcells.inference import evaluate_loader
-from bloodcells.instantiate import build_datamodule, build_model, build_trainer
+from bloodcells.callbacks.tta_ensemble import TTAEnsembleCallback, monitored_checkpoint, ranked_checkpoints
 from bloodcells.checkpoints import load_classifier
-from bloodcells.reports import format_summary, write_evaluation
+from bloodcells.config import CONFIG_DIR, user_errors
+from bloodcells.ensembling import FITTED_ON
+from bloodcells.instantiate import build_datamodule, build_model, build_trainer
+from bloodcells.metrics import compute_metrics
+from bloodcells.predictor import Predictor
+from bloodcells.reports import format_comparison, format_summary, plot_reliability, write_comparison, write_evaluation
+from bloodcells.resume import resolve_resume
 
 log = logging.getLogger(__name__)
 
 
-def resolve_resume(cfg: DictConfig) -> str | None:
-    """``ckpt_path=last``: the newest ``last.ckpt`` of this task's earlier runs."""
-    ckpt = cfg.get("ckpt_path")
-    if ckpt != "last":
-        return ckpt
-    runs = Path(cfg.paths.log_dir) / cfg.task_name / "runs"
-    candidates = sorted(runs.glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
-    if not candidates:
-        raise FileNotFoundError(f"ckpt_path=last: no {runs}/*/checkpoints/last.ckpt to resume from")
-    log.info("resuming from %s", candidates[-1])
-    return str(candidates[-1])
+def test_results(trainer: pl.Trainer, model: pl.LightningModule, datamodule) -> tuple[dict, list[dict], str]:
+    """Test-split results of what the run deploys, the comparison rows, and what was scored."""
+    callback = next((c for c in trainer.callbacks if isinstance(c, TTAEnsembleCallback)), None)
+    if callback is not None and callback.variants:
+        deployed, scores = callback.deployed(), callback.test
+        results = {"probs": deployed.test_probs, "targets": scores.targets, "index": scores.index}
+        results.update(compute_metrics(deployed.test_probs, scores.targets, model.class_names))
+        results["metrics"].update({k: deployed.row[k] for k in ("changed", "fixed", "broken") if k in deployed.row})
+        results["metrics"].update(temperature=deployed.temperature, tta=callback.tta.key)
+        results["uncalibrated_probs"] = deployed.uncalibrated_test_probs
+        what = f"{callback.checkpoints[0] if callback.checkpoints else 'the last weights'} with TTA {callback.tta.key}"
+        return results, [v.row for v in callback.variants], what
+    ranked = ranked_checkpoints(trainer)
+    device = trainer.strategy.root_device
+    member = load_classifier(ranked[0], device) if ranked else model.to(device)
+    scores = Predictor([member]).scores(datamodule.test_dataloader())
+    probs = scores.probs(None)
+    results = {"probs": probs, "targets": scores.targets, "index": scores.index}
+    results.update(compute_metrics(probs, scores.targets, model.class_names))
+    return results, [], ranked[0] if ranked else "the last weights"
 
 
 def train(cfg: DictConfig) -> dict:
@@ -47,21 +62,42 @@ def train(cfg: DictConfig) -> dict:
     datamodule = build_datamodule(cfg)
     model = build_model(cfg)
     trainer = build_trainer(cfg)
+    ckpt_path = resolve_resume(cfg)
     start = time.perf_counter()
-    trainer.fit(model, datamodule=datamodule, ckpt_path=resolve_resume(cfg), weights_only=True)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     fit_seconds = time.perf_counter() - start
     if not cfg.get("test", True):
         return {"fit_seconds": fit_seconds}
     if not trainer.is_global_zero:
         return {}
-    best = next((c.best_model_path for c in trainer.callbacks if isinstance(c, ModelCheckpoint) and c.monitor), "")
-    if best:
-        model = load_classifier(best, map_location=trainer.strategy.root_device)
-    results = evaluate_loader(model.to(trainer.strategy.root_device), datamodule.test_dataloader())
+    results, comparison, what = test_results(trainer, model, datamodule)
     sources = datamodule.sources(results["index"].numpy())
     metrics = write_evaluation(run_dir, results, sources, model.class_names)
-    metrics.update(fit_seconds=fit_seconds, best_checkpoint=best, run_dir=str(run_dir))
-    print(f"\nTest of {best or 'the last weights'}:\n{format_summary(metrics, results['per_class'])}")
+    if comparison:
+        note = f"Test split, n={metrics['n']}. Temperatures fitted on the {FITTED_ON}; nothing fitted on test."
+        write_comparison(run_dir, comparison, note)
+        plot_reliability(
+            run_dir / "reliability.png",
+            results["targets"].numpy(),
+            {"uncalibrated": results["uncalibrated_probs"].numpy(), "calibrated": results["probs"].numpy()},
+            f"test, {results['metrics']['tta']}",
+        )
+    checkpoint = monitored_checkpoint(trainer)
+    best_score = checkpoint.best_model_score if checkpoint is not None else None
+    metrics.update(
+        fit_seconds=fit_seconds,
+        best_checkpoint=checkpoint.best_model_path if checkpoint is not None else "",
+        best_val_score=float(best_score) if best_score is not None else None,
+        monitor=checkpoint.monitor if checkpoint is not None else None,
+        run_dir=str(run_dir),
+    )
+    (run_dir / "summary.json").write_text(json.dumps(metrics, indent=2))
+    print(f"\nTest of {what}:\n{format_summary(metrics, results['per_class'])}")
+    if comparison:
+        print(
+            f"\nplain / TTA / ensemble on the test split (temperatures fitted on validation):\n"
+            f"{format_comparison(comparison)}"
+        )
     print(f"Run dir: {run_dir}  (metrics.json, per_class.csv, predictions.csv, confusion_matrix.png, checkpoints/)")
     return metrics
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from bloodcells.config import PROJECT_ROOT, compose_config
 
@@ -18,7 +18,37 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # an attempted download fails at o
 SAMPLE_DIR = PROJECT_ROOT / "data" / "sample"
 
 
-__all__ = ["compose_config", "run_train_cli"]
+__all__ = ["compose_config", "run_train_cli", "tiny_classifier", "save_checkpoint"]
+
+
+def tiny_classifier(image_size: int = 96, cls: type | None = None, **overrides):
+    """A random-init ``test_efficientnet`` classifier as the tiny model config builds it."""
+    from bloodcells.models.module import CellClassifier
+
+    cfg = compose_config("train", ["model=tiny", f"data.image_size={image_size}"], "/tmp/unused")
+    hparams = dict(
+        backbone=cfg.model.backbone,
+        head=dict(cfg.model.head),
+        class_names=list(cfg.class_names),
+        image_size=image_size,
+        optim=dict(cfg.optim),
+        sched=dict(cfg.sched),
+        loss=dict(cfg.loss),
+        finetune=OmegaConf.to_container(cfg.finetune),
+        pretrained=False,
+        weights=None,
+    )
+    hparams.update(overrides)
+    return (cls or CellClassifier)(**hparams).eval()
+
+
+def save_checkpoint(model, path: Path) -> Path:
+    """A checkpoint with what ``load_classifier`` reads (weights and hyperparameters)."""
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}, path)
+    return path
 
 
 def run_train_cli(*overrides: str, log_dir: Path, check: bool = True) -> subprocess.CompletedProcess:

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from bloodcells.data.dedup import clean_dataset
 from bloodcells.data.readers import ImageSet
-from bloodcells.errors import ConfigError, DataError
+from bloodcells.errors import ConfigError, DataError, check_choice, check_positive
 from bloodcells.data.sampling import EpochSampler
 from bloodcells.data.split import stratified_split
 from bloodcells.data.transforms import build_pipeline, to_tensor
@@ -58,6 +58,15 @@ def apply_cleaning(data: ImageSet, options: dict, cache_dir: str | None) -> tupl
         data.labels[int(index)] = label
     keep = np.setdiff1d(np.arange(len(data)), decided["removed"])
     return data.subset(keep), np.asarray(decided["group_of"])[keep]
+
+
+def data_source(reader: Callable[..., ImageSet]) -> dict[str, str]:
+    """The reader and its file arguments (absolute paths): what a checkpoint was trained on."""
+    func = getattr(reader, "func", reader)
+    source = {"reader": f"{func.__module__}.{func.__qualname__}"}
+    for key, value in sorted(getattr(reader, "keywords", {}).items()):
+        source[key] = str(Path(value).resolve()) if key in ("path", "root") else str(value)
+    return source
 
 
 class ImageArrayDataset(Dataset):
@@ -104,6 +113,11 @@ class BloodCellDataModule(pl.LightningDataModule):
         cache_dir: str | None = None,
     ) -> None:
         super().__init__()
+        check_choice("data.sampler", sampler, ("none", "weighted"))
+        check_positive("data.batch_size", batch_size)
+        check_positive("data.eval_batch_size", eval_batch_size)
+        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+            raise ConfigError(f"data.num_workers={num_workers!r} must be an integer >= 0")
         self.reader = reader
         self.class_names = tuple(class_names)
         self.image_size = image_size
@@ -118,6 +132,19 @@ class BloodCellDataModule(pl.LightningDataModule):
         self.groups: np.ndarray | None = None
         self.data: ImageSet | None = None
         self.splits: dict[str, np.ndarray] = {}
+
+    @property
+    def source_name(self) -> str:
+        """The file or folder the data comes from (for messages)."""
+        source = data_source(self.reader)
+        return source.get("path") or source.get("root") or source["reader"]
+
+    def state_dict(self) -> dict:
+        """Saved in every checkpoint, so that a resume can check it trains on the same data."""
+        return {"source": data_source(self.reader)}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Nothing to restore: ``bloodcells.resume`` compares the source before fitting."""
 
     def setup(self, stage: str | None = None) -> None:
         if self.data is not None:
@@ -134,7 +161,9 @@ class BloodCellDataModule(pl.LightningDataModule):
         """train/val/test (stratified, or the data's own), plus 'all' for external test sets."""
         if self.use_data_split:
             if data.split is None:
-                raise DataError("data.use_data_split=true, but this data brings no split (only MedMNIST npz does)")
+                raise ConfigError(
+                    f"data.use_data_split=true, but {self.source_name} brings no split (only MedMNIST npz does)"
+                )
             splits = {s: np.flatnonzero(data.split == s) for s in ("train", "val", "test")}
         else:
             splits = stratified_split(data.labels, self.val_fraction, self.test_fraction, self.split_seed, self.groups)
@@ -148,7 +177,14 @@ class BloodCellDataModule(pl.LightningDataModule):
         self.setup()
         index = self.splits[split]
         if len(index) == 0:
-            raise DataError(f"the '{split}' split is empty ({len(self.data)} images in all)")
+            hint = (
+                f"the file has no '{split}_images'"
+                if self.use_data_split
+                else "raise data.val_fraction / data.test_fraction or add images"
+            )
+            raise DataError(
+                f"{self.source_name}: the '{split}' split is empty ({len(self.data)} images in all); {hint}"
+            )
         pipeline = self.train_pipeline if train else self.eval_pipeline
         return ImageArrayDataset(self.data.images, self.data.labels, index, pipeline)
 
@@ -170,8 +206,6 @@ class BloodCellDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        if self.sampler not in ("none", "weighted"):
-            raise ValueError(f"data.sampler must be none or weighted, got {self.sampler!r}")
         dataset = self.dataset("train", train=True)
         labels = self.data.labels[dataset.index]
         sampler = EpochSampler(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bloodcells.errors import DataError
+from bloodcells.errors import ConfigError, DataError
 
 
 def stratified_split(
@@ -26,7 +26,10 @@ def stratified_split(
     labels = np.asarray(labels)
     n = len(labels)
     if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
-        raise DataError(f"split fractions val={val_fraction}, test={test_fraction} must be in [0, 1) and sum below 1")
+        raise ConfigError(
+            f"data.val_fraction={val_fraction}, data.test_fraction={test_fraction}: each must be in [0, 1) "
+            "and their sum below 1"
+        )
     groups = np.arange(n) if groups is None else np.asarray(groups)
     if groups.shape != labels.shape:
         raise DataError(f"groups has shape {groups.shape}, labels {labels.shape}")

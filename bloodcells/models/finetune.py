@@ -14,8 +14,10 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from timm.models._manipulate import group_parameters
+from timm.models import group_parameters
 from torch import nn
+
+from bloodcells.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -35,21 +37,32 @@ class Stage:
             return n_blocks
         if isinstance(self.unfreeze, float):
             if not 0 <= self.unfreeze <= 1:
-                raise ValueError(f"finetune stage unfreeze fraction must be in [0, 1], got {self.unfreeze}")
+                raise ConfigError(f"finetune.stages: unfreeze fraction must be in [0, 1], got {self.unfreeze}")
             return math.ceil(self.unfreeze * n_blocks)
         if isinstance(self.unfreeze, int) and self.unfreeze >= 0:
             return min(self.unfreeze, n_blocks)
-        raise ValueError(f"finetune stage unfreeze must be an int, a fraction or 'all', got {self.unfreeze!r}")
+        raise ConfigError(f"finetune.stages: unfreeze must be an int, a fraction or 'all', got {self.unfreeze!r}")
+
+
+def parse_stage(spec: dict) -> Stage:
+    try:
+        return Stage(**spec)
+    except TypeError:
+        raise ConfigError(
+            f"finetune.stages: bad stage {dict(spec)}; a stage has epoch, unfreeze and lr_factor"
+        ) from None
 
 
 class FinetuneSchedule:
     """The stages of a run, sorted by epoch; the first must start at epoch 0."""
 
     def __init__(self, stages: Sequence[dict | Stage], n_blocks: int) -> None:
-        self.stages = sorted((s if isinstance(s, Stage) else Stage(**s) for s in stages), key=lambda s: s.epoch)
+        self.stages = sorted((s if isinstance(s, Stage) else parse_stage(s) for s in stages), key=lambda s: s.epoch)
         if not self.stages or self.stages[0].epoch != 0:
-            raise ValueError("finetune.stages must start with a stage at epoch 0")
+            raise ConfigError("finetune.stages must start with a stage at epoch 0")
         self.n_blocks = n_blocks
+        for stage in self.stages:
+            stage.trainable_blocks(n_blocks)  # a bad unfreeze spec fails now, not mid-training
 
     def phase(self, epoch: int) -> int:
         """Index of the stage in force at ``epoch``."""

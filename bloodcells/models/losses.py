@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bloodcells.errors import ConfigError
+
 
 class FocalLoss(nn.Module):
     """Focal loss of Lin et al. with optional per-class alpha and label smoothing.
@@ -21,7 +23,7 @@ class FocalLoss(nn.Module):
     def __init__(self, gamma: float = 0.0, label_smoothing: float = 0.0) -> None:
         super().__init__()
         if gamma < 0:
-            raise ValueError(f"focal loss gamma must be >= 0, got {gamma}")
+            raise ConfigError(f"loss.gamma: focal loss gamma must be >= 0, got {gamma}")
         self.gamma = gamma
         self.label_smoothing = label_smoothing
 
@@ -58,16 +60,18 @@ def class_weights(
     if isinstance(method, str):
         if np.any(counts_arr == 0):
             missing = np.flatnonzero(counts_arr == 0).tolist()
-            raise ValueError(f"class weights '{method}': classes {missing} have no training images")
+            raise ConfigError(f"loss.class_weights: '{method}': classes {missing} have no training images")
         if method == "balanced":
             w = counts_arr.sum() / (len(counts_arr) * counts_arr)
         elif method == "effective":
             w = (1 - beta) / (1 - np.power(beta, counts_arr))
             w = w * len(w) / w.sum()
         else:
-            raise ValueError(f"unknown class-weight method '{method}' (balanced, effective, a list, or none)")
+            raise ConfigError(
+                f"loss.class_weights={method!r} is not allowed; choose balanced, effective, none or a list of weights"
+            )
     else:
         w = np.asarray(list(method), dtype=np.float64)
         if w.shape != counts_arr.shape:
-            raise ValueError(f"class weights list has {len(w)} entries for {len(counts_arr)} classes")
+            raise ConfigError(f"loss.class_weights: list has {len(w)} entries for {len(counts_arr)} classes")
     return torch.tensor(w, dtype=torch.float32)

@@ -26,9 +26,13 @@ from bloodcells.models.schedulers import StagedLR
 
 
 def to_plain(value: Any) -> Any:
-    """OmegaConf containers -> dicts and lists (checkpoints must hold only plain types)."""
+    """OmegaConf containers (at any depth) -> dicts and lists: checkpoints hold only plain types."""
     if isinstance(value, (DictConfig, ListConfig)):
         return OmegaConf.to_container(value, resolve=True)
+    if isinstance(value, dict):
+        return {k: to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_plain(v) for v in value]
     return value
 
 
@@ -49,7 +53,9 @@ class CellClassifier(pl.LightningModule):
         drop_path_rate: float = 0.0,
     ) -> None:
         super().__init__()
-        head, class_names, optim, sched, loss, finetune = map(to_plain, (head, class_names, optim, sched, loss, finetune))
+        head, class_names, optim, sched, loss, finetune = map(
+            to_plain, (head, class_names, optim, sched, loss, finetune)
+        )
         self.save_hyperparameters()
         self.calibration: dict = {}
         """Temperatures fitted after training, per TTA key (see ``checkpoints.write_calibration``)."""

@@ -1,0 +1,98 @@
+"""The TTA ensemble callback: after fitting, score what would be deployed, four ways.
+
+It takes the run's top-k checkpoints (by the monitored validation metric), scores the
+validation and test splits once per member with every TTA view (one pass each, on one
+device, every sample once), and from those logits compares plain / TTA / ensemble /
+ensemble+TTA, each with a temperature fitted on validation. It stores the best checkpoint's
+temperatures inside that checkpoint (``predict`` uses them), writes ``ensemble.json`` for
+the top-k ensemble, and leaves the test results of the configured TTA for ``train`` to report.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from bloodcells.checkpoints import load_classifier, write_calibration
+from bloodcells.ensemble_file import write_ensemble_file
+from bloodcells.ensembling import FITTED_ON, VariantResult, compare_variants
+from bloodcells.errors import check_positive
+from bloodcells.predictor import Predictor, Scores
+from bloodcells.tta import NO_TTA, TTA
+
+log = logging.getLogger(__name__)
+
+
+def monitored_checkpoint(trainer: pl.Trainer) -> ModelCheckpoint | None:
+    """The ModelCheckpoint that keeps the best epochs by a validation metric."""
+    return next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint) and c.monitor), None)
+
+
+def ranked_checkpoints(trainer: pl.Trainer) -> list[str]:
+    """The monitored ModelCheckpoint's saved checkpoints, best first."""
+    cb = monitored_checkpoint(trainer)
+    if cb is None or not cb.best_k_models:
+        return []
+    ranked = sorted(cb.best_k_models.items(), key=lambda kv: float(kv[1]), reverse=cb.mode == "max")
+    return [p for p, _ in ranked]
+
+
+class TTAEnsembleCallback(pl.Callback):
+    def __init__(self, tta: TTA, top_k: int = 1) -> None:
+        check_positive("callbacks.tta_ensemble.top_k", top_k)
+        self.tta, self.top_k = tta, top_k
+        self.variants: list[VariantResult] = []
+        self.test: Scores | None = None
+        self.checkpoints: list[str] = []
+
+    def on_fit_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero or trainer.interrupted:
+            return
+        device = trainer.strategy.root_device
+        self.checkpoints = ranked_checkpoints(trainer)[: self.top_k]
+        if self.checkpoints:
+            members = [load_classifier(p, device) for p in self.checkpoints]
+        else:  # no checkpoint was written (fast_dev_run): the weights in memory
+            members = [module]
+        if 0 < len(self.checkpoints) < self.top_k:
+            log.warning(
+                "tta_ensemble: top_k=%d but only %d checkpoints were kept "
+                "(raise callbacks.model_checkpoint.save_top_k)",
+                self.top_k,
+                len(self.checkpoints),
+            )
+        predictor = Predictor(members, self.tta)
+        datamodule = trainer.datamodule
+        val = predictor.scores(datamodule.val_dataloader())
+        self.test = predictor.scores(datamodule.test_dataloader())
+        self.variants = compare_variants(val, self.test, self.tta, list(module.class_names))
+        if self.checkpoints:
+            self.store(Path(self.checkpoints[0]).parent.parent)
+
+    def store(self, run_dir: Path) -> None:
+        by_name = {v.name.split(" ")[0]: v for v in self.variants}
+        temperatures = {NO_TTA.key: by_name["plain"].temperature}
+        if "tta" in by_name:
+            temperatures[self.tta.key] = by_name["tta"].temperature
+        write_calibration(
+            self.checkpoints[0],
+            {"tta": self.tta.to_dict(), "temperatures": temperatures, "fitted_on": "validation split"},
+        )
+        if len(self.checkpoints) > 1:
+            best = by_name.get("ensemble+tta") or by_name["ensemble"]
+            n = len(self.checkpoints)
+            write_ensemble_file(
+                run_dir / "ensemble.json",
+                self.checkpoints,
+                [1.0 / n] * n,
+                self.tta,
+                best.temperature,
+                {"fitted_on": FITTED_ON, "weights": "uniform over the run's top-k checkpoints"},
+            )
+
+    def deployed(self) -> VariantResult:
+        """The variant ``train`` reports as its test result: the best checkpoint with the TTA."""
+        return next(v for v in self.variants if v.name.startswith("tta")) if self.tta.n_views > 1 else self.variants[0]

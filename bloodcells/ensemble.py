@@ -1,0 +1,128 @@
+"""Ensemble checkpoints: ``python -m bloodcells.ensemble members=[a.ckpt,b.ckpt] data=...``
+or ``sweep=outputs/train/multiruns/<time> top_k=3``.
+
+Members may differ in backbone, input size and normalisation. Scores validation and test
+once per member (with the configured TTA), reports every member and the ensemble
+(accuracy, balanced accuracy, macro F1, NLL, ECE, before and after temperature scaling),
+optionally fits member weights, and writes ``ensemble.json``, which ``predict`` and
+``evaluate`` take as ``ckpt_path``. Weights and temperature are fitted on validation only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import hydra
+import lightning.pytorch as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from bloodcells.checkpoints import load_classifier
+from bloodcells.config import CONFIG_DIR, user_errors
+from bloodcells.ensemble_file import write_ensemble_file
+from bloodcells.ensembling import FITTED_ON, evaluate_variant, fit_weights
+from bloodcells.errors import ConfigError, check_positive
+from bloodcells.evaluate import datamodule_for
+from bloodcells.metrics import compute_metrics
+from bloodcells.predictor import Predictor, resolve_device
+from bloodcells.reports import format_comparison, plot_reliability, write_comparison, write_evaluation
+
+log = logging.getLogger(__name__)
+
+
+def sweep_members(sweep_dir: str, top_k: int) -> list[str]:
+    """The best checkpoints of a multirun's top-k jobs by their validation score."""
+    root = Path(sweep_dir)
+    if not root.is_dir():
+        raise ConfigError(f"sweep={sweep_dir}: folder not found")
+    jobs = []
+    for summary in sorted(root.glob("*/summary.json")):
+        s = json.loads(summary.read_text())
+        if s.get("best_checkpoint") and s.get("best_val_score") is not None:
+            higher_is_better = "loss" not in str(s.get("monitor", ""))
+            jobs.append((s["best_val_score"] if higher_is_better else -s["best_val_score"], s["best_checkpoint"]))
+    if not jobs:
+        raise ConfigError(f"sweep={sweep_dir}: no job with a summary.json naming a best checkpoint")
+    jobs.sort(key=lambda j: j[0], reverse=True)
+    chosen = [path for _, path in jobs[:top_k]]
+    log.info("sweep %s: top %d of %d jobs by validation score: %s", root, len(chosen), len(jobs), chosen)
+    return chosen
+
+
+def member_paths(cfg: DictConfig) -> list[str]:
+    paths = [str(p) for p in (cfg.get("members") or [])]
+    if cfg.get("sweep"):
+        check_positive("top_k", cfg.top_k)
+        paths += sweep_members(cfg.sweep, cfg.top_k)
+    if not paths:
+        raise ConfigError("no ensemble members: pass members=[a.ckpt,b.ckpt] or sweep=<multirun dir>")
+    return paths
+
+
+def ensemble(cfg: DictConfig) -> dict:
+    pl.seed_everything(cfg.seed, workers=True)
+    paths = member_paths(cfg)
+    tta = instantiate(cfg.tta)
+    device = resolve_device(cfg.get("device", "auto"))
+    predictor = Predictor([load_classifier(p, device) for p in paths], tta)
+    datamodule = datamodule_for(predictor, cfg)
+    val = predictor.scores(datamodule.loader(datamodule.dataset("val"), datamodule.eval_batch_size))
+    test = predictor.scores(datamodule.loader(datamodule.dataset("test"), datamodule.eval_batch_size))
+    names = predictor.class_names
+    views = tta if tta.n_views > 1 else None
+    rows = [
+        evaluate_variant(
+            f"member {i} ({m.hparams.backbone} @{m.hparams.image_size}px)",
+            val.subset([i]),
+            test.subset([i]),
+            views,
+            names,
+        ).row
+        for i, m in enumerate(predictor.members)
+    ]
+    weights, weight_report = None, {"weights": "uniform"}
+    if cfg.fit_weights and len(paths) > 1:
+        weight_report = fit_weights(val.member_probs(views), val.targets, seed=cfg.seed)
+        weights = weight_report["weights"]
+        weight_report["weights"] = weights.tolist()
+    result = evaluate_variant(f"ensemble of {len(paths)}", val, test, views, names, weights)
+    rows.append(result.row)
+    run_dir = Path(cfg.paths.output_dir)
+    results = {"probs": result.test_probs, "targets": test.targets, "index": test.index}
+    results.update(compute_metrics(result.test_probs, test.targets, names))
+    results["metrics"].update(tta=tta.key, temperature=result.temperature, members=len(paths))
+    metrics = write_evaluation(run_dir, results, datamodule.sources(test.index.numpy()), names, title="ensemble, test")
+    note = f"Test split, n={metrics['n']}. Weights and temperatures fitted on the {FITTED_ON}; nothing fitted on test."
+    write_comparison(run_dir, rows, note)
+    plot_reliability(
+        run_dir / "reliability.png",
+        test.targets.numpy(),
+        {"uncalibrated": result.uncalibrated_test_probs.numpy(), "calibrated": result.test_probs.numpy()},
+        f"ensemble of {len(paths)}, test, {tta.key}",
+    )
+    final_weights = weights.tolist() if weights is not None else [1.0 / len(paths)] * len(paths)
+    file = write_ensemble_file(
+        run_dir / "ensemble.json",
+        paths,
+        final_weights,
+        tta,
+        result.temperature,
+        {"fitted_on": FITTED_ON, "weight_fit": weight_report, "data": cfg.data.get("_target_")},
+    )
+    print(f"\nEnsemble of {len(paths)} on the test split (TTA {tta.key}):\n{format_comparison(rows)}")
+    print(f"weights: {final_weights}  ({'fitted' if weights is not None else 'uniform'})")
+    print(f"Ensemble file: {file}  (use it as ckpt_path= in predict and evaluate)")
+    print(f"Run dir: {run_dir}")
+    return {**metrics, "ensemble_file": str(file), "rows": rows, "weights": final_weights}
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="ensemble")
+def main(cfg: DictConfig) -> None:
+    with user_errors():
+        ensemble(cfg)
+
+
+if __name__ == "__main__":
+    main()

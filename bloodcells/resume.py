@@ -1,0 +1,79 @@
+"""Which checkpoint a run resumes from, and whether it fits this run.
+
+``ckpt_path=last`` picks the newest ``last.ckpt`` among this task's earlier runs whose
+model (backbone, head, input size), classes and data source equal this run's; a checkpoint
+of another dataset or model is never resumed by accident. An explicit ``ckpt_path`` gets the
+same check, so a mismatch ends with one line naming what differs, not a state-dict traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from bloodcells.checkpoints import safe_load
+from bloodcells.data.datamodule import BloodCellDataModule, data_source
+from bloodcells.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+
+def run_fingerprint(cfg: DictConfig) -> dict:
+    """What a resumed checkpoint must share with this run."""
+    return {
+        "model.backbone": cfg.model.backbone,
+        "model.head": OmegaConf.to_container(cfg.model.head, resolve=True),
+        "class_names": list(cfg.class_names),
+        "data.image_size": cfg.data.image_size,
+        "data source": data_source(instantiate(cfg.data.reader)),
+    }
+
+
+def checkpoint_fingerprint(checkpoint: dict) -> dict:
+    hp = checkpoint["hyper_parameters"]
+    return {
+        "model.backbone": hp.get("backbone"),
+        "model.head": hp.get("head"),
+        "class_names": list(hp.get("class_names", [])),
+        "data.image_size": hp.get("image_size"),
+        "data source": checkpoint.get(BloodCellDataModule.__qualname__, {}).get("source"),
+    }
+
+
+def differences(run: dict, ckpt: dict) -> list[str]:
+    return [f"{k}: checkpoint {ckpt[k]!r}, this run {run[k]!r}" for k in run if run[k] != ckpt[k]]
+
+
+def resolve_resume(cfg: DictConfig) -> str | None:
+    """The checkpoint to resume from (``None``: start fresh); checked against this run."""
+    ckpt = cfg.get("ckpt_path")
+    if ckpt is None:
+        return None
+    fingerprint = run_fingerprint(cfg)
+    if ckpt != "last":
+        diff = differences(fingerprint, checkpoint_fingerprint(safe_load(ckpt)))
+        if diff:
+            raise CheckpointError(f"{ckpt}: does not fit this run; " + "; ".join(diff))
+        return str(ckpt)
+    runs = Path(cfg.paths.log_dir) / cfg.task_name / "runs"
+    candidates = sorted(runs.glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    if not candidates:
+        raise CheckpointError(f"ckpt_path=last: no {runs}/*/checkpoints/last.ckpt to resume from")
+    first_diff = None
+    for path in candidates:
+        try:
+            diff = differences(fingerprint, checkpoint_fingerprint(safe_load(path)))
+        except CheckpointError as err:
+            log.warning("ckpt_path=last: skipping %s", err)
+            continue
+        if not diff:
+            log.info("resuming from %s", path)
+            return str(path)
+        first_diff = first_diff or f"{path}: " + "; ".join(diff)
+    raise CheckpointError(
+        f"ckpt_path=last: none of the {len(candidates)} last.ckpt under {runs} fits this run "
+        f"(newest differs in {first_diff}); pass ckpt_path=FILE or start a fresh run"
+    )
