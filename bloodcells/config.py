@@ -45,7 +45,7 @@ def user_errors() -> Iterator[None]:
         yield
     except (UserError, FileNotFoundError) as err:
         print(f"bloodcells: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(getattr(err, "exit_code", 2)) from None
     except MissingMandatoryValue as err:
         key = err.full_key or "a mandatory option"
         print(f"bloodcells: error: {key} is required: pass {key}=... on the command line", file=sys.stderr)

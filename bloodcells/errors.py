@@ -30,6 +30,13 @@ class PretrainedWeightsError(UserError, RuntimeError):
     """Pretrained weights could not be obtained; the message says how to work offline."""
 
 
+class Stopped(UserError):
+    """The run was stopped from outside (SIGTERM); the CLI exits 143 so a scheduler records
+    a failure (or requeues), never a success."""
+
+    exit_code = 143
+
+
 def check_choice(option: str, value: object, allowed: Iterable[object]) -> None:
     """Raise ``ConfigError`` unless ``value`` is one of ``allowed``."""
     allowed = list(allowed)

@@ -15,12 +15,14 @@ from pathlib import Path
 
 import hydra
 import lightning.pytorch as pl
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
 from bloodcells.callbacks.tta_ensemble import TTAEnsembleCallback, monitored_checkpoint, ranked_checkpoints
 from bloodcells.checkpoints import load_classifier
 from bloodcells.config import CONFIG_DIR, user_errors
 from bloodcells.ensembling import FITTED_ON
+from bloodcells.errors import Stopped
 from bloodcells.instantiate import build_datamodule, build_model, build_trainer
 from bloodcells.metrics import compute_metrics
 from bloodcells.predictor import Predictor
@@ -64,7 +66,13 @@ def train(cfg: DictConfig) -> dict:
     trainer = build_trainer(cfg)
     ckpt_path = resolve_resume(cfg)
     start = time.perf_counter()
-    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    except SIGTERMException:
+        raise Stopped(
+            f"stopped by SIGTERM in epoch {trainer.current_epoch}; the last finished epoch is in "
+            f"{run_dir / 'checkpoints' / 'last.ckpt'}: resume with ckpt_path=last"
+        ) from None
     fit_seconds = time.perf_counter() - start
     if not cfg.get("test", True):
         return {"fit_seconds": fit_seconds}

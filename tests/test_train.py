@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+from bloodcells.checkpoints import load_classifier
 from bloodcells.config import PROJECT_ROOT
 from bloodcells.evaluate import evaluate
-from bloodcells.checkpoints import load_classifier
 from bloodcells.predict import predict
 from bloodcells.train import train
 from tests.conftest import compose_config, run_train_cli

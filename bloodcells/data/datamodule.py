@@ -5,6 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import signal
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -12,16 +15,41 @@ import albumentations as A
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from lightning.fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader, Dataset
 
 from bloodcells.data.dedup import clean_dataset
 from bloodcells.data.readers import ImageSet
-from bloodcells.errors import ConfigError, DataError, check_choice, check_positive
 from bloodcells.data.sampling import EpochSampler
 from bloodcells.data.split import stratified_split
 from bloodcells.data.transforms import build_pipeline, to_tensor
+from bloodcells.errors import ConfigError, DataError, check_choice, check_positive
 
 log = logging.getLogger(__name__)
+
+
+def read_cache(path: Path) -> dict | None:
+    """A cached cleaning decision, or None if absent or unreadable (then recomputed)."""
+    if not path.is_file():
+        return None
+    try:
+        decided = json.loads(path.read_text())
+        if not {"removed", "relabelled", "group_of", "counts"} <= set(decided):
+            raise ValueError("keys missing")
+    except (ValueError, UnicodeDecodeError) as err:
+        log.warning("cleaning cache %s is corrupt (%s); recomputing", path, err)
+        return None
+    log.info("cleaning: reusing %s", path)
+    return decided
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write a temp file beside ``path`` and rename it: a crash never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
 
 
 def apply_cleaning(data: ImageSet, options: dict, cache_dir: str | None) -> tuple[ImageSet, np.ndarray]:
@@ -30,14 +58,13 @@ def apply_cleaning(data: ImageSet, options: dict, cache_dir: str | None) -> tupl
     cached = None
     if cache_dir:
         key = hashlib.blake2b(digest_size=16)
+        key.update(b"decisions-v2")  # bump when the decision rules change
         key.update(np.ascontiguousarray(data.images).data)
         key.update(np.ascontiguousarray(data.labels).data)
         key.update(json.dumps(options, sort_keys=True).encode())
         cached = Path(cache_dir) / f"clean-{key.hexdigest()}.json"
-    if cached is not None and cached.is_file():
-        decided = json.loads(cached.read_text())
-        log.info("cleaning: reusing %s", cached)
-    else:
+    decided = read_cache(cached) if cached is not None else None
+    if decided is None:
         report = clean_dataset(data.images, data.labels, data.class_names, **options)
         decided = {
             "removed": report.removed,
@@ -46,8 +73,7 @@ def apply_cleaning(data: ImageSet, options: dict, cache_dir: str | None) -> tupl
             "counts": report.counts,
         }
         if cached is not None:
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            cached.write_text(json.dumps(decided))
+            write_atomic(cached, json.dumps(decided))
     log.info(
         "cleaning: removed %d of %d images %s",
         len(decided["removed"]),
@@ -58,6 +84,14 @@ def apply_cleaning(data: ImageSet, options: dict, cache_dir: str | None) -> tupl
         data.labels[int(index)] = label
     keep = np.setdiff1d(np.arange(len(data)), decided["removed"])
     return data.subset(keep), np.asarray(decided["group_of"])[keep]
+
+
+def init_worker(worker_id: int) -> None:
+    """Loader workers ignore SIGTERM: a scheduler signals every process of a job, and the
+    main process must be the one to stop (and exit non-zero), not a worker dying mid-batch.
+    Global RNGs are seeded as Lightning would (augmentation reseeds per sample anyway)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    pl_worker_init_function(worker_id)
 
 
 def data_source(reader: Callable[..., ImageSet]) -> dict[str, str]:
@@ -152,6 +186,14 @@ class BloodCellDataModule(pl.LightningDataModule):
         data = self.reader(class_names=self.class_names)
         if self.clean:
             data, self.groups = apply_cleaning(data, self.clean_options, self.cache_dir)
+        if data.images.shape[1:3] != (self.image_size, self.image_size):
+            log.warning(
+                "%s: images are %dx%d; the pipeline resizes them to data.image_size=%d",
+                self.source_name,
+                data.images.shape[2],
+                data.images.shape[1],
+                self.image_size,
+            )
         self.data = data
         self.splits = self.make_splits(self.data)
         sizes = {k: len(v) for k, v in self.splits.items()}
@@ -203,6 +245,7 @@ class BloodCellDataModule(pl.LightningDataModule):
             persistent_workers=self.num_workers > 0,
             drop_last=drop_last,
             generator=torch.Generator().manual_seed(self.seed),
+            worker_init_fn=init_worker if self.num_workers > 0 else None,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -7,8 +7,11 @@ by union-find -> one decision per group:
   the course's memes), dropped whatever its labels;
 - members disagree on the label: dropped (``conflict="drop"``) or relabelled to the
   majority and reduced to one image (``conflict="majority"``);
-- same label: one image kept (the lowest index), or all kept (``same_label="keep_all"``:
-  the split then keeps the group on one side).
+- same label: one image kept, or all kept (``same_label="keep_all"``: the split then keeps
+  the group on one side).
+When one member stays, it is the most typical one: within the colour norm (not a colour
+outlier) and the sharpest (re-encoded or resized copies are blurrier); report.json says
+which was kept and why.
 Colour outliers (robust z-score of per-image channel means and stds) are flagged, and
 dropped if ``drop_outliers``.
 """
@@ -21,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from bloodcells.data.hashing import dihedral_hashes, exact_ids, resize_luma, to_luma
-from bloodcells.errors import DataError
+from bloodcells.errors import DataError, check_choice
 
 
 def hamming_pairs(
@@ -153,6 +156,53 @@ class CleanReport:
         }
 
 
+def find_groups(
+    images: np.ndarray, hash: str, threshold: int, min_correlation: float | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact ids and near-duplicate group ids (union-find over confirmed pairs)."""
+    n = len(images)
+    exact = exact_ids(images)
+    hashes = dihedral_hashes(images, hash)
+    pairs = hamming_pairs(hashes, hashes, threshold)
+    if min_correlation is not None:
+        pairs = confirm_pairs(images, images, pairs, min_correlation)
+    pairs = np.concatenate([pairs, np.stack([np.arange(n), exact], axis=1)])  # exact copies -> their first
+    return exact, union_find_groups(n, pairs)
+
+
+def sharpness(image: np.ndarray) -> float:
+    """Variance of the 4-neighbour Laplacian of the luma: re-encoded or resized copies lose it."""
+    y = to_luma(image[None])[0].astype(np.float64)
+    lap = 4 * y[1:-1, 1:-1] - y[:-2, 1:-1] - y[2:, 1:-1] - y[1:-1, :-2] - y[1:-1, 2:]
+    return float(lap.var())
+
+
+def choose_keeper(members: np.ndarray, images: np.ndarray, colour_score: np.ndarray, outlier_z: float) -> dict:
+    """The member to keep when one must stay: among the members within the colour norm
+    (robust z <= ``outlier_z``; all members if none is), the sharpest; within 1% of the
+    sharpest (flipped or rotated copies tie), the first."""
+    typical = [int(i) for i in members if colour_score[i] <= outlier_z] or [int(i) for i in members]
+    sharp = {i: sharpness(images[i]) for i in typical}
+    best = max(sharp.values())
+    kept = min(i for i in typical if sharp[i] >= 0.99 * best)
+    reason = "sharpest member" + (" within the colour norm" if len(typical) < len(members) else "")
+    return {"kept": kept, "kept_because": f"{reason} (Laplacian variance {sharp[kept]:.0f})"}
+
+
+def decide_group(
+    members: np.ndarray, labels: np.ndarray, pollution_min_size: int, conflict: str, same_label: str
+) -> tuple[str, bool]:
+    """The group's decision, and whether exactly one member stays."""
+    n_labels = len(np.unique(labels[members]))
+    if len(members) >= pollution_min_size:
+        return "pollution", False
+    if n_labels > 1:
+        return ("conflict_dropped", False) if conflict == "drop" else ("conflict_majority", True)
+    if same_label == "keep_all":
+        return "duplicate_kept_all", False
+    return "duplicate_keep_one", True
+
+
 def clean_dataset(
     images: np.ndarray,
     labels: np.ndarray,
@@ -170,81 +220,69 @@ def clean_dataset(
     n = len(images)
     if n == 0:
         raise DataError("cleaning: the dataset holds no images")
-    if conflict not in ("drop", "majority") or same_label not in ("keep_one", "keep_all"):
-        raise ValueError(
-            f"cleaning: conflict must be drop|majority (got {conflict}), "
-            f"same_label keep_one|keep_all (got {same_label})"
-        )
-    exact = exact_ids(images)
-    hashes = dihedral_hashes(images, hash)
-    pairs = hamming_pairs(hashes, hashes, threshold)
-    if min_correlation is not None:
-        pairs = confirm_pairs(images, images, pairs, min_correlation)
-    pairs = np.concatenate([pairs, np.stack([np.arange(n), exact], axis=1)])  # exact copies -> their first
-    group_of = union_find_groups(n, pairs)
-
+    check_choice("data.clean_options.conflict", conflict, ("drop", "majority"))
+    check_choice("data.clean_options.same_label", same_label, ("keep_one", "keep_all"))
+    exact, group_of = find_groups(images, hash, threshold, min_correlation)
+    colour_score = np.abs(robust_z(colour_stats(images))).max(axis=1)
     report = CleanReport(n_input=n, group_of=group_of.tolist())
     removed: set[int] = set()
-    decision_counts: Counter = Counter()
-    removed_by_class: Counter = Counter()
     # one stable sort instead of a scan of all images per group: members stay in index order
     order = np.argsort(group_of, kind="stable")
     starts = np.flatnonzero(np.diff(group_of[order], prepend=-1))
     for members in np.split(order, starts[1:]):
         if len(members) < 2:
             continue
-        member_labels = labels[members]
-        label_counts = Counter(int(x) for x in member_labels)
-        exact_members = len(np.unique(exact[members])) == 1
-        if len(members) >= pollution_min_size:
-            decision, drop = "pollution", members
-        elif len(label_counts) > 1 and conflict == "drop":
-            decision, drop = "conflict_dropped", members
-        elif len(label_counts) > 1:
-            majority = label_counts.most_common(1)[0][0]
-            report.relabelled[int(members[0])] = majority
-            decision, drop = "conflict_majority", members[1:]
-        elif same_label == "keep_all":
-            decision, drop = "duplicate_kept_all", members[:0]
+        decision, keep_one = decide_group(members, labels, pollution_min_size, conflict, same_label)
+        group = {
+            "decision": decision,
+            "size": len(members),
+            "exact": bool(len(np.unique(exact[members])) == 1),
+            "members": members.tolist(),
+            "labels": {class_names[k]: v for k, v in sorted(Counter(int(x) for x in labels[members]).items())},
+        }
+        if decision == "duplicate_kept_all":
+            drop = []
+        elif keep_one:
+            group.update(choose_keeper(members, images, colour_score, outlier_z))
+            drop = [int(i) for i in members if i != group["kept"]]
+            if decision == "conflict_majority":
+                report.relabelled[group["kept"]] = Counter(int(x) for x in labels[members]).most_common(1)[0][0]
         else:
-            decision, drop = "duplicate_keep_one", members[1:]
-        removed.update(int(i) for i in drop)
-        decision_counts[decision] += 1
-        removed_by_class.update(class_names[int(labels[i])] for i in drop)
-        report.groups.append(
-            {
-                "decision": decision,
-                "size": len(members),
-                "exact": bool(exact_members),
-                "members": members.tolist(),
-                "labels": {class_names[k]: v for k, v in sorted(label_counts.items())},
-                "removed": [int(i) for i in drop],
-            }
-        )
-    z = robust_z(colour_stats(images))
-    score = np.abs(z).max(axis=1)
-    for i in np.flatnonzero(score > outlier_z):
+            drop = [int(i) for i in members]
+        group["removed"] = drop
+        removed.update(drop)
+        report.groups.append(group)
+    for i in np.flatnonzero(colour_score > outlier_z):
         report.outliers.append(
-            {"index": int(i), "label": class_names[int(labels[i])], "max_abs_z": round(float(score[i]), 2)}
+            {"index": int(i), "label": class_names[int(labels[i])], "max_abs_z": round(float(colour_score[i]), 2)}
         )
-        if drop_outliers and int(i) not in removed:
+        if drop_outliers:
             removed.add(int(i))
-            removed_by_class[class_names[int(labels[i])]] += 1
     report.groups.sort(key=lambda g: -g["size"])
     report.removed = sorted(removed)
-    report.counts = {
-        "groups_by_decision": dict(decision_counts),
+    if len(report.removed) == n:
+        raise DataError(f"cleaning removed all {n} images ({summarise(report, labels, class_names, drop_outliers)})")
+    report.counts = summarise(report, labels, class_names, drop_outliers)
+    return report
+
+
+def summarise(report: CleanReport, labels: np.ndarray, class_names, drop_outliers: bool) -> dict:
+    """Counts per decision and class for report.json and the log."""
+    removed_labels = labels[report.removed] if report.removed else np.array([], dtype=np.int64)
+    return {
+        "groups_by_decision": dict(Counter(g["decision"] for g in report.groups)),
         "images_in_groups": int(sum(g["size"] for g in report.groups)),
         "outliers_flagged": len(report.outliers),
         "outliers_dropped": int(drop_outliers) * len(report.outliers),
-        "removed": len(removed),
-        "removed_by_class": dict(removed_by_class),
+        "removed": len(report.removed),
+        "removed_by_class": {
+            c: int(k) for c, k in zip(class_names, np.bincount(removed_labels, minlength=len(class_names))) if k
+        },
         "kept_by_class": {
             c: int(k)
             for c, k in zip(class_names, np.bincount(np.delete(labels, report.removed), minlength=len(class_names)))
         },
     }
-    return report
 
 
 def cross_duplicates(

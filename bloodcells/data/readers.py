@@ -108,6 +108,8 @@ def open_npz(path: str | Path) -> np.lib.npyio.NpzFile:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
+    if not zipfile.is_zipfile(path):
+        raise DataError(f"{path}: not an .npz file (expected a zip archive of .npy arrays, as numpy.savez writes)")
     try:
         return np.load(path, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile) as err:
@@ -177,13 +179,17 @@ def load_image(path: Path) -> np.ndarray:
             elif mode in ("RGBA", "PA"):
                 log.warning("%s: RGBA image; dropping the alpha channel", path)
             return np.asarray(im.convert("RGB"))
+    except Image.DecompressionBombError as err:
+        raise DataError(f"{path}: refused, image too large to decode safely ({err})") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise DataError(f"{path}: unreadable or truncated image file ({err})") from err
+        raise DataError(f"{path}: unreadable or truncated image file ({err})") from None
 
 
 def stack_images(arrays: list[np.ndarray], paths: list[Path], image_size: int | None) -> np.ndarray:
-    """Stack decoded images; resize to ``image_size`` if given, else require one common size."""
+    """Stack decoded images; resize to ``image_size`` if given (with a warning that counts
+    them), else require one common size."""
     if image_size is not None:
+        warn_resized([a.shape[:2] for a in arrays], paths, image_size)
         arrays = [resize_square(a, image_size) for a in arrays]
     first = arrays[0].shape
     for a, p in zip(arrays, paths):
@@ -193,6 +199,32 @@ def stack_images(arrays: list[np.ndarray], paths: list[Path], image_size: int | 
                 f"of {paths[0]}; set data.image_size to resize every image"
             )
     return np.stack(arrays)
+
+
+def warn_resized(shapes: list[tuple[int, ...]], where: list, image_size: int) -> None:
+    """Say how many images are not image_size x image_size, and how many are upscaled."""
+    other = [i for i, sh in enumerate(shapes) if tuple(sh) != (image_size, image_size)]
+    if not other:
+        return
+    small = [i for i in other if min(shapes[i]) < image_size]
+    log.warning(
+        "%d images are not %dx%d and are centre-cropped and resized to it (data.image_size), e.g. %s (%dx%d)",
+        len(other),
+        image_size,
+        image_size,
+        where[other[0]],
+        shapes[other[0]][1],
+        shapes[other[0]][0],
+    )
+    if small:
+        i = min(small, key=lambda j: min(shapes[j]))
+        log.warning(
+            "%d of them are smaller and get upscaled, the smallest %s (%dx%d): check they are cell crops",
+            len(small),
+            where[i],
+            shapes[i][1],
+            shapes[i][0],
+        )
 
 
 def resize_square(image: np.ndarray, size: int) -> np.ndarray:
@@ -226,6 +258,12 @@ def read_folder(
     arrays, paths, labels = [], [], []
     for folder in folders:
         files = list_images(folder)
+        nested = [f for f in files if f.parent != folder]
+        if nested:
+            raise DataError(
+                f"{nested[0].parent}: images in a subfolder of class folder '{folder.name}' "
+                f"({len(nested)} such images); a class folder must hold its images directly"
+            )
         if not files:
             raise DataError(f"{folder}: class folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
         label = class_names.index(folder.name)
@@ -247,11 +285,19 @@ def read_unlabelled(path: str | Path, image_size: int | None = None) -> tuple[np
             raise DataError(f"{path}: holds no images ({', '.join(IMAGE_SUFFIXES)})")
         images = stack_images([load_image(f) for f in files], files, image_size)
         return images, [str(f.relative_to(path)) for f in files]
-    if path.suffix == ".npz":
+    if path.suffix.lower() == ".npz":
         with open_npz(path) as npz:
-            key = "images" if "images" in npz.files else "test_images"
+            key = next((k for k in ("images", "test_images") if k in npz.files), None)
+            if key is None:
+                raise DataError(
+                    f"{path}: missing key 'images' (course npz) or 'test_images' (MedMNIST); "
+                    f"keys present: {sorted(npz.files)}"
+                )
             images = check_images(require_key(npz, key, path), str(path))
         if image_size is not None:
+            warn_resized(
+                [images.shape[1:3]] * len(images), [f"{path.name}[{i}]" for i in range(len(images))], image_size
+            )
             images = np.stack([resize_square(a, image_size) for a in images])
         return images, [f"{path.name}[{i}]" for i in range(len(images))]
     if not path.is_file():

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import importlib
 import re
+import socket
 from pathlib import Path
 
 import timm
 import torch
+from huggingface_hub import constants as hf_constants
 from torch import nn
 
-from bloodcells.errors import PretrainedWeightsError
+from bloodcells.errors import ConfigError, PretrainedWeightsError
 
 OFFLINE_PREFIX = "offline:"
 
@@ -90,6 +92,8 @@ def create_backbone(
     drop_path_rate: float = 0.0,
 ) -> nn.Module:
     """A timm model without its classifier (``num_classes=0``): it returns pooled features."""
+    if not timm.is_model(name.split(".")[0]):
+        raise ConfigError(f"model.backbone={name!r}: timm knows no such model (see timm.list_models())")
     kwargs: dict = {"num_classes": 0, "drop_rate": drop_rate}
     if drop_path_rate:
         kwargs["drop_path_rate"] = drop_path_rate
@@ -100,19 +104,42 @@ def create_backbone(
     if weights:
         path = Path(weights).expanduser()
         if not path.is_file():
-            raise PretrainedWeightsError(f"{path}: weights file not found (model.backbone.weights)")
+            raise PretrainedWeightsError(f"{path}: weights file not found (model.weights)")
         return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs)
+    return download_pretrained(name, **kwargs)
+
+
+HUB_HOST = ("huggingface.co", 443)
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """One quick TCP connect to the Hugging Face hub (unless HF_HUB_OFFLINE is set)."""
+    if hf_constants.HF_HUB_OFFLINE:
+        return False
+    try:
+        socket.create_connection(HUB_HOST, timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def download_pretrained(name: str, **kwargs) -> nn.Module:
+    """timm's download; offline (or hub unreachable) only the local Hugging Face cache is
+    tried, so the failure comes at once instead of after a minute of retries."""
+    online = hub_reachable()
+    offline_flag = hf_constants.HF_HUB_OFFLINE
+    hf_constants.HF_HUB_OFFLINE = offline_flag or not online
     try:
         return timm.create_model(name, pretrained=True, **kwargs)
     except (OSError, RuntimeError, ValueError) as err:
-        if "Unknown model" in str(err):
-            raise
+        reason = "no internet connection to the Hugging Face hub" if not online else f"{type(err).__name__}: {err}"
         raise PretrainedWeightsError(
-            f"could not download ImageNet weights for '{name}' ({type(err).__name__}: {err}).\n"
-            "To work offline: use model=lite0 (weights from a PyPI wheel), or put a weights file on "
-            f"disk and pass model.backbone.weights=/path/to/{name}.safetensors, or train from "
-            "scratch with model.backbone.pretrained=false."
-        ) from err
+            f"could not get ImageNet weights for '{name}' ({reason}). To work offline: use model=lite0 "
+            f"(weights from a PyPI wheel), or pass model.weights=/path/to/{name}.safetensors, or train "
+            "from scratch with model.pretrained=false"
+        ) from None
+    finally:
+        hf_constants.HF_HUB_OFFLINE = offline_flag
 
 
 def backbone_norm(backbone: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -14,7 +14,6 @@ from typing import Any
 import hydra
 import lightning.pytorch as pl
 import torch
-
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from bloodcells.metrics import validation_metrics
