@@ -37,6 +37,8 @@ def check_path(ckpt_path: object, option: str = "ckpt_path") -> Path:
 def safe_load(ckpt_path: object, option: str = "ckpt_path") -> dict[str, Any]:
     """The checkpoint dict, unpickled with ``weights_only=True`` and checked to be ours."""
     path = check_path(ckpt_path, option)
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{path}: not a readable checkpoint, truncated or not a torch file (not a zip archive)")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -50,7 +52,7 @@ def safe_load(ckpt_path: object, option: str = "ckpt_path") -> dict[str, Any]:
             f"{path}: refused, the file holds objects other than tensors and plain data ({what}); "
             "a checkpoint could run code when unpickled, so only bloodcells checkpoints are loaded"
         ) from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as err:
+    except Exception as err:  # a damaged archive fails in many ways inside torch.load
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise CheckpointError(f"{path}: not a readable checkpoint, truncated or not a torch file ({first})") from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:

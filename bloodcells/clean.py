@@ -15,10 +15,9 @@ from pathlib import Path
 
 import hydra
 import numpy as np
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from bloodcells.config import CONFIG_DIR, user_errors
+from bloodcells.config import CONFIG_DIR, instantiate, user_errors
 from bloodcells.data.contact_sheet import contact_sheet, mean_pixel_histogram
 from bloodcells.data.dedup import CleanReport, clean_dataset, cross_duplicates
 from bloodcells.data.readers import ImageSet, read_unlabelled

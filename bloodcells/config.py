@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
+
+from bloodcells.errors import UserError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = str(PROJECT_ROOT / "conf")
@@ -34,10 +40,30 @@ def compose_config(config_name: str, overrides: list[str], run_dir: Path | str) 
     return cfg
 
 
+def user_error_in(err: BaseException) -> UserError | None:
+    """The ``UserError`` that Hydra wrapped into an ``InstantiationException``, if any."""
+    while err is not None:
+        if isinstance(err, UserError):
+            return err
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def instantiate(config: Any, *args, **kwargs) -> Any:
+    """``hydra.utils.instantiate`` that lets our one-line errors through unwrapped."""
+    try:
+        return hydra_instantiate(config, *args, **kwargs)
+    except InstantiationException as err:
+        cause = user_error_in(err)
+        if cause is None:
+            raise
+        raise cause from None
+
+
 @contextmanager
 def user_errors() -> Iterator[None]:
     """Bad input from the user ends the run with its one-line message, not a stack trace."""
-    from omegaconf.errors import MissingMandatoryValue
+    from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryValue
 
     from bloodcells.errors import UserError
 
@@ -46,7 +72,8 @@ def user_errors() -> Iterator[None]:
     except (UserError, FileNotFoundError) as err:
         print(f"bloodcells: error: {err}", file=sys.stderr)
         raise SystemExit(getattr(err, "exit_code", 2)) from None
-    except MissingMandatoryValue as err:
-        key = err.full_key or "a mandatory option"
+    except (MissingMandatoryValue, InterpolationToMissingValueError) as err:
+        named = re.search(r"Missing mandatory value: ([\w.]+)", str(err))
+        key = named.group(1) if named else (err.full_key or "a mandatory option")
         print(f"bloodcells: error: {key} is required: pass {key}=... on the command line", file=sys.stderr)
         raise SystemExit(2) from None

@@ -16,11 +16,10 @@ from pathlib import Path
 
 import hydra
 import lightning.pytorch as pl
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from bloodcells.checkpoints import load_classifier
-from bloodcells.config import CONFIG_DIR, user_errors
+from bloodcells.config import CONFIG_DIR, instantiate, user_errors
 from bloodcells.ensemble_file import write_ensemble_file
 from bloodcells.ensembling import FITTED_ON, evaluate_variant, fit_weights
 from bloodcells.errors import ConfigError, check_positive

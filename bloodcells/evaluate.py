@@ -12,10 +12,9 @@ from pathlib import Path
 
 import hydra
 import lightning.pytorch as pl
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from bloodcells.config import CONFIG_DIR, user_errors
+from bloodcells.config import CONFIG_DIR, instantiate, user_errors
 from bloodcells.data.datamodule import BloodCellDataModule
 from bloodcells.ensemble_file import load_predictor
 from bloodcells.errors import DataError, check_choice

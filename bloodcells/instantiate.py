@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import lightning.pytorch as pl
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from bloodcells.config import instantiate
 from bloodcells.data.datamodule import BloodCellDataModule
 from bloodcells.models.module import CellClassifier
 

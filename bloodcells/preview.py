@@ -14,15 +14,20 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from hydra.utils import instantiate  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from bloodcells.config import CONFIG_DIR, user_errors  # noqa: E402
+from bloodcells.config import (  # noqa: E402
+    CONFIG_DIR,
+    instantiate,  # noqa: E402
+    user_errors,
+)
 from bloodcells.data.readers import ImageSet  # noqa: E402
 from bloodcells.data.transforms import build_pipeline  # noqa: E402
+from bloodcells.errors import check_positive  # noqa: E402
 
 
 def preview(cfg: DictConfig) -> Path:
+    check_positive("n", cfg.n)
     data: ImageSet = instantiate(cfg.data.reader)(class_names=tuple(cfg.class_names))
     pipeline = build_pipeline(instantiate(cfg.aug.train))
     pipeline.set_random_seed(cfg.seed)

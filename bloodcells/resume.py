@@ -11,10 +11,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from bloodcells.checkpoints import safe_load
+from bloodcells.config import instantiate
 from bloodcells.data.datamodule import BloodCellDataModule, data_source
 from bloodcells.errors import CheckpointError
 

@@ -95,8 +95,10 @@ def test_a_misspelt_argument_is_caught():
 
 
 def test_preview_writes_a_grid(tmp_path):
+    from PIL import Image
+
     from bloodcells.preview import preview
 
     cfg = compose_config("preview", ["aug=randaug", "n=3"], tmp_path)
     out = preview(cfg)
-    assert out.is_file() and out.stat().st_size > 10_000
+    assert Image.open(out).size == (140 * 4, 150 * 8)  # 1 original + 3 augmented columns, 8 class rows

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from bloodcells.config import CONFIG_DIR
 from tests.conftest import compose_config
@@ -31,15 +32,25 @@ def test_every_group_option_composes(option: str, tmp_path: Path) -> None:
         assert cfg.data.clean_options.threshold >= 0
         return
     cfg = compose_config("train", [f"{group}={name}", *NEEDS_VALUE.get(option, [])], tmp_path)
-    assert cfg[group if group not in ("hydra", "experiment") else "task_name"] is not None
+    if group in ("experiment", "hydra"):  # hydra: consumed by Hydra before the run sees it
+        assert cfg.task_name == (name if group == "experiment" else "train")
+        return
+    own = OmegaConf.load(Path(CONFIG_DIR) / group / f"{name}.yaml")
+    mine, composed = OmegaConf.to_container(own), OmegaConf.to_container(cfg[group], resolve=False)
+    for key in own.keys():  # the option's own values reached the composed config
+        fixed = not OmegaConf.is_interpolation(own, key) and not OmegaConf.is_missing(own, key)
+        if key != "defaults" and fixed:
+            assert mine[key] == composed[key], key
+    if group == "tta" and name != "stored":
+        assert instantiate(cfg.tta).views == own.views
     if group == "aug":
         transforms = instantiate(cfg.aug.train)
         assert all(callable(t) for t in transforms)
 
 
-@pytest.mark.parametrize("name", ["train", "evaluate", "predict", "clean"])
+@pytest.mark.parametrize("name", ["train", "evaluate", "predict", "clean", "ensemble", "preview"])
 def test_entry_point_configs_compose(name: str, tmp_path: Path) -> None:
-    overrides = {"train": [], "clean": [], "evaluate": ["ckpt_path=x"], "predict": ["ckpt_path=x", "input=y"]}[name]
+    overrides = {"evaluate": ["ckpt_path=x"], "predict": ["ckpt_path=x", "input=y"]}.get(name, [])
     cfg = compose_config(name, overrides, tmp_path)
     assert cfg.task_name == name
 

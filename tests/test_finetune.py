@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
@@ -14,7 +13,7 @@ import torch
 from bloodcells.evaluate import evaluate
 from bloodcells.instantiate import build_datamodule, build_model, build_trainer
 from bloodcells.models.finetune import FinetuneSchedule, Stage
-from bloodcells.train import resolve_resume, train
+from bloodcells.train import resolve_resume
 from tests.conftest import compose_config, run_train_cli
 
 STAGED = [
@@ -175,23 +174,58 @@ def test_ddp_cpu_two_processes_one_run_dir_same_test_metrics(tmp_path):
         assert single[key] == pytest.approx(reported[key], abs=1e-9), key
 
 
-def test_bf16_mixed_on_cpu_runs(train_cfg):
-    cfg = train_cfg("trainer.precision=bf16-mixed", "+trainer.fast_dev_run=true", "callbacks=none")
-    metrics = train(cfg)
-    assert metrics["n"] > 0 and not math.isnan(metrics["nll"])
+def test_bf16_mixed_on_cpu_computes_the_forward_pass_in_bfloat16(train_cfg):
+    class DtypeRecorder(pl.Callback):
+        def __init__(self) -> None:
+            self.dtypes: set[torch.dtype] = set()
+
+        def on_train_start(self, trainer, module) -> None:
+            module.head.register_forward_hook(lambda mod, args, out: self.dtypes.add(out.dtype))
+
+    recorder = DtypeRecorder()
+    model = fit_with(
+        train_cfg("trainer.precision=bf16-mixed", "+trainer.fast_dev_run=true", "callbacks=none"), recorder
+    )
+    assert recorder.dtypes == {torch.bfloat16}
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # mixed: weights stay fp32
 
 
-def test_ema_and_gradient_clipping_train(train_cfg):
+def test_ema_averages_the_weights_and_clipping_bounds_the_gradient_norm(train_cfg):
+    class Spy(pl.Callback):
+        def __init__(self) -> None:
+            self.raw: dict[str, torch.Tensor] = {}
+            self.pre_clip: list[float] = []
+            self.post_clip: list[float] = []
+
+        def on_train_start(self, trainer, module) -> None:
+            trainer.optimizers[0].register_step_pre_hook(lambda opt, *a: self.post_clip.append(grad_norm(opt)))
+
+        def on_before_optimizer_step(self, trainer, module, optimizer) -> None:
+            self.pre_clip.append(grad_norm(optimizer))
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+            self.raw = {k: v.detach().clone() for k, v in module.head.state_dict().items()}
+
+    def grad_norm(optimizer) -> float:
+        grads = [p.grad.norm() for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        return float(torch.stack(grads).norm())
+
     cfg = train_cfg(
         "callbacks=ema",
         "callbacks.ema.update_starting_at_step=1",
+        "callbacks.ema.decay=0.5",
         "callbacks.early_stopping=null",
+        "callbacks.tta_ensemble=null",
         "trainer.max_epochs=1",
         "+trainer.limit_train_batches=4",
-        "trainer.gradient_clip_val=1.0",
+        "trainer.gradient_clip_val=0.01",
         "finetune=full",
         "optim=adamw",
         "sched.warmup_epochs=1",
     )
-    metrics = train(cfg)
-    assert metrics["n"] == 96 and Path(metrics["best_checkpoint"]).is_file()
+    spy = Spy()
+    model = fit_with(cfg, spy)
+    assert max(spy.pre_clip) > 0.02  # clipping had work to do
+    assert max(spy.post_clip) <= 0.01 * (1 + 1e-4)  # and the optimizer only saw clipped gradients
+    averaged = model.head.state_dict()  # after fit, the module holds the EMA weights
+    assert any(not torch.equal(averaged[k], spy.raw[k]) for k in averaged if averaged[k].is_floating_point())

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import hydra
 import lightning.pytorch as pl
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from bloodcells.config import instantiate
 from bloodcells.metrics import validation_metrics
 from bloodcells.models.backbones import backbone_norm, create_backbone
 from bloodcells.models.finetune import FinetuneSchedule, backbone_blocks, batchnorm_blocks
@@ -64,7 +64,7 @@ class CellClassifier(pl.LightningModule):
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255)
         self.head = MLPHead(self.backbone.num_features, len(class_names), **head)
-        self.criterion = hydra.utils.instantiate({k: v for k, v in loss.items() if k != "class_weights"})
+        self.criterion = instantiate({k: v for k, v in loss.items() if k != "class_weights"})
         self.register_buffer("class_weight", torch.ones(len(class_names)))
         self.blocks = backbone_blocks(self.backbone)
         self.block_bns = batchnorm_blocks(self.backbone, self.blocks)
@@ -150,7 +150,7 @@ class CellClassifier(pl.LightningModule):
 
     def build_optimizer(self) -> torch.optim.Optimizer:
         opt_cfg = {k: v for k, v in self.hparams.optim.items() if k != "head_weight_decay"}
-        return hydra.utils.instantiate(opt_cfg, _partial_=True)(self.param_groups())
+        return instantiate(opt_cfg, _partial_=True)(self.param_groups())
 
     def configure_optimizers(self) -> dict:
         optimizer = self.build_optimizer()
