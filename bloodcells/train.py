@@ -68,7 +68,11 @@ def train(cfg: DictConfig) -> dict:
     start = time.perf_counter()
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-    except SIGTERMException:
+    except (SIGTERMException, RuntimeError) as err:
+        # a scheduler signals every process of the job: loader workers die first and the
+        # loader raises RuntimeError, but the trainer has seen the SIGTERM too
+        if isinstance(err, RuntimeError) and not trainer.received_sigterm:
+            raise
         raise Stopped(
             f"stopped by SIGTERM in epoch {trainer.current_epoch}; the last finished epoch is in "
             f"{run_dir / 'checkpoints' / 'last.ckpt'}: resume with ckpt_path=last"

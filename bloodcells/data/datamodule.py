@@ -6,7 +6,6 @@ import hashlib
 import json
 import logging
 import os
-import signal
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -15,7 +14,6 @@ import albumentations as A
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from lightning.fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader, Dataset
 
 from bloodcells.data.dedup import clean_dataset
@@ -84,14 +82,6 @@ def apply_cleaning(data: ImageSet, options: dict, cache_dir: str | None) -> tupl
         data.labels[int(index)] = label
     keep = np.setdiff1d(np.arange(len(data)), decided["removed"])
     return data.subset(keep), np.asarray(decided["group_of"])[keep]
-
-
-def init_worker(worker_id: int) -> None:
-    """Loader workers ignore SIGTERM: a scheduler signals every process of a job, and the
-    main process must be the one to stop (and exit non-zero), not a worker dying mid-batch.
-    Global RNGs are seeded as Lightning would (augmentation reseeds per sample anyway)."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    pl_worker_init_function(worker_id)
 
 
 def data_source(reader: Callable[..., ImageSet]) -> dict[str, str]:
@@ -245,7 +235,6 @@ class BloodCellDataModule(pl.LightningDataModule):
             persistent_workers=self.num_workers > 0,
             drop_last=drop_last,
             generator=torch.Generator().manual_seed(self.seed),
-            worker_init_fn=init_worker if self.num_workers > 0 else None,
         )
 
     def train_dataloader(self) -> DataLoader:
