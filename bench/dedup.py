@@ -25,7 +25,7 @@ from bloodcells.clean import write_clean_outputs
 from bloodcells.data.contact_sheet import contact_sheet
 from bloodcells.data.dedup import best_correlation, clean_dataset, hamming_pairs, thumbnails
 from bloodcells.data.hashing import dihedral_hashes
-from bloodcells.data.pollution import plant_pollution
+from tests.planting import plant_pollution
 from bloodcells.data.readers import read_folder
 
 

@@ -9,21 +9,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import hydra
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+from omegaconf import DictConfig
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
-
-from bloodcells.config import (  # noqa: E402
+from bloodcells.config import (
     CONFIG_DIR,
-    instantiate,  # noqa: E402
+    instantiate,
     user_errors,
 )
-from bloodcells.data.readers import ImageSet  # noqa: E402
-from bloodcells.data.transforms import build_pipeline  # noqa: E402
-from bloodcells.errors import check_positive  # noqa: E402
+from bloodcells.data.readers import ImageSet
+from bloodcells.data.transforms import build_pipeline
+from bloodcells.errors import check_positive
 
 
 def preview(cfg: DictConfig) -> Path:
@@ -33,7 +30,8 @@ def preview(cfg: DictConfig) -> Path:
     pipeline.set_random_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     classes = [c for c in range(len(data.class_names)) if np.any(data.labels == c)]
-    fig, axes = plt.subplots(len(classes), cfg.n + 1, figsize=(1.4 * (cfg.n + 1), 1.5 * len(classes)), squeeze=False)
+    fig = Figure(figsize=(1.4 * (cfg.n + 1), 1.5 * len(classes)))
+    axes = fig.subplots(len(classes), cfg.n + 1, squeeze=False)
     for row, c in enumerate(classes):
         image = data.images[rng.choice(np.flatnonzero(data.labels == c))]
         versions = [image] + [pipeline(image=image)["image"] for _ in range(cfg.n)]
@@ -46,7 +44,6 @@ def preview(cfg: DictConfig) -> Path:
     out = Path(cfg.paths.output_dir) / "preview.png"
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)
-    plt.close(fig)
     print(f"Preview of aug={cfg.aug_name}: {out}")
     return out
 

@@ -6,11 +6,8 @@ import csv
 import json
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import numpy as np
+from matplotlib.figure import Figure
 
 
 def write_predictions(
@@ -30,7 +27,8 @@ def plot_confusion_matrix(path: Path, confusion: np.ndarray, class_names: list[s
     """Row-normalised colours (recall per true class) with the counts written in."""
     rows = confusion.sum(axis=1, keepdims=True)
     norm = np.divide(confusion, rows, out=np.zeros_like(confusion, dtype=float), where=rows > 0)
-    fig, ax = plt.subplots(figsize=(7, 6))
+    fig = Figure(figsize=(7, 6))
+    ax = fig.subplots()
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
     ax.set_yticks(range(len(class_names)), class_names)
@@ -51,7 +49,6 @@ def plot_confusion_matrix(path: Path, confusion: np.ndarray, class_names: list[s
     fig.colorbar(im, ax=ax, label="fraction of true class")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def write_evaluation(
@@ -93,7 +90,8 @@ def plot_reliability(path: Path, targets: np.ndarray, curves: dict[str, np.ndarr
 
     from bloodcells.calibration import expected_calibration_error, reliability_bins
 
-    fig, ax = plt.subplots(figsize=(5.5, 5))
+    fig = Figure(figsize=(5.5, 5))
+    ax = fig.subplots()
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect calibration")
     y = torch.as_tensor(targets)
     for label, probs in curves.items():
@@ -110,7 +108,6 @@ def plot_reliability(path: Path, targets: np.ndarray, curves: dict[str, np.ndarr
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 COMPARISON_COLUMNS = (

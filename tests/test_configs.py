@@ -27,11 +27,14 @@ def options() -> list[str]:
 @pytest.mark.parametrize("option", options())
 def test_every_group_option_composes(option: str, tmp_path: Path) -> None:
     group, name = option.split("/")
-    if group == "clean":  # nested in data as data.clean_options
-        cfg = compose_config("clean", [f"clean@data.clean_options={name}"], tmp_path)
+    if group == "cleaning":  # nested in data as data.clean_options
+        cfg = compose_config("clean", [f"cleaning@data.clean_options={name}"], tmp_path)
         assert cfg.data.clean_options.threshold >= 0
         return
     cfg = compose_config("train", [f"{group}={name}", *NEEDS_VALUE.get(option, [])], tmp_path)
+    if group == "classes":  # a global package: it sets the top-level class_names
+        assert list(cfg.class_names) == list(OmegaConf.load(Path(CONFIG_DIR) / group / f"{name}.yaml").class_names)
+        return
     if group in ("experiment", "hydra"):  # hydra: consumed by Hydra before the run sees it
         assert cfg.task_name == (name if group == "experiment" else "train")
         return

@@ -198,7 +198,9 @@ def test_ema_averages_the_weights_and_clipping_bounds_the_gradient_norm(train_cf
             self.post_clip: list[float] = []
 
         def on_train_start(self, trainer, module) -> None:
-            trainer.optimizers[0].register_step_pre_hook(lambda opt, *a: self.post_clip.append(grad_norm(opt)))
+            # Lightning runs forward, backward and clipping in the closure inside step(): the
+            # gradients the update used are still there right after it
+            trainer.optimizers[0].register_step_post_hook(lambda opt, *a: self.post_clip.append(grad_norm(opt)))
 
         def on_before_optimizer_step(self, trainer, module, optimizer) -> None:
             self.pre_clip.append(grad_norm(optimizer))

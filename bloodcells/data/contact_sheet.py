@@ -4,11 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import numpy as np
+from matplotlib.figure import Figure
 
 
 def contact_sheet(
@@ -21,7 +18,8 @@ def contact_sheet(
 ) -> None:
     """One row per group: up to ``max_cols`` images with a caption each."""
     n_rows = max(1, len(rows))
-    fig, axes = plt.subplots(n_rows, max_cols, figsize=(1.3 * max_cols, 1.5 * n_rows), squeeze=False)
+    fig = Figure(figsize=(1.3 * max_cols, 1.5 * n_rows))
+    axes = fig.subplots(n_rows, max_cols, squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for r, (idx, caps, title) in enumerate(zip(rows, captions, row_titles)):
@@ -31,7 +29,6 @@ def contact_sheet(
         axes[r, 0].text(-0.1, 0.5, title, transform=axes[r, 0].transAxes, ha="right", va="center", fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def mean_pixel_histogram(path: Path, images: np.ndarray, removed: list[int]) -> None:
@@ -39,7 +36,8 @@ def mean_pixel_histogram(path: Path, images: np.ndarray, removed: list[int]) -> 
     means = images.reshape(len(images), -1).mean(axis=1)
     mask = np.zeros(len(images), dtype=bool)
     mask[removed] = True
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    fig = Figure(figsize=(7, 3.5))
+    ax = fig.subplots()
     bins = np.linspace(0, 255, 129)
     ax.hist(means[~mask], bins=bins, color="tab:blue", label="kept")
     ax.hist(means[mask], bins=bins, color="tab:red", alpha=0.7, label="removed")
@@ -49,4 +47,3 @@ def mean_pixel_histogram(path: Path, images: np.ndarray, removed: list[int]) -> 
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)

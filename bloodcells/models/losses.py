@@ -20,12 +20,17 @@ class FocalLoss(nn.Module):
     (mean reduced over the weights, as torch does), and is computed by it.
     """
 
-    def __init__(self, gamma: float = 0.0, label_smoothing: float = 0.0) -> None:
+    def __init__(
+        self, gamma: float = 0.0, label_smoothing: float = 0.0, class_weights: str | Sequence[float] | None = None
+    ) -> None:
         super().__init__()
         if gamma < 0:
             raise ConfigError(f"loss.gamma: focal loss gamma must be >= 0, got {gamma}")
         self.gamma = gamma
         self.label_smoothing = label_smoothing
+        self.class_weights = class_weights
+        """How the module derives the per-class weights from the training counts (see
+        ``class_weights``); the weights themselves are passed to ``forward``."""
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
         logits = logits.float()

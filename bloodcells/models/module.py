@@ -64,7 +64,7 @@ class CellClassifier(pl.LightningModule):
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255)
         self.head = MLPHead(self.backbone.num_features, len(class_names), **head)
-        self.criterion = instantiate({k: v for k, v in loss.items() if k != "class_weights"})
+        self.criterion = instantiate(loss)
         self.register_buffer("class_weight", torch.ones(len(class_names)))
         self.blocks = backbone_blocks(self.backbone)
         self.block_bns = batchnorm_blocks(self.backbone, self.blocks)
@@ -107,7 +107,7 @@ class CellClassifier(pl.LightningModule):
     def setup(self, stage: str) -> None:
         if stage == "fit":
             dm = self.trainer.datamodule
-            weights = class_weights(dm.train_class_counts(), self.hparams.loss.get("class_weights"))
+            weights = class_weights(dm.train_class_counts(), self.criterion.class_weights)
             if weights is not None:
                 self.class_weight.copy_(weights)
 
@@ -117,7 +117,7 @@ class CellClassifier(pl.LightningModule):
         self.log("finetune/phase", float(self.schedule.phase(self.current_epoch)), sync_dist=False)
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        weight = self.class_weight if self.hparams.loss.get("class_weights") not in (None, "none") else None
+        weight = self.class_weight if self.criterion.class_weights not in (None, "none") else None
         return self.criterion(logits, targets, weight=weight)
 
     def training_step(self, batch: tuple, batch_idx: int) -> torch.Tensor:
@@ -139,28 +139,21 @@ class CellClassifier(pl.LightningModule):
     # --- optimisation ------------------------------------------------------------------
     def param_groups(self) -> list[dict]:
         """Head first, then one group per backbone block; fixed for the whole run."""
-        opt = self.hparams.optim
         params = dict(self.backbone.named_parameters())
-        head_wd = opt.get("head_weight_decay")
         groups = [{"params": list(self.head.parameters()), "name": "head"}]
-        if head_wd is not None:
-            groups[0]["weight_decay"] = head_wd
         groups += [{"params": [params[n] for n in names], "name": f"block{i}"} for i, names in enumerate(self.blocks)]
         return groups
 
     def build_optimizer(self) -> torch.optim.Optimizer:
-        opt_cfg = {k: v for k, v in self.hparams.optim.items() if k != "head_weight_decay"}
-        return instantiate(opt_cfg, _partial_=True)(self.param_groups())
+        return instantiate(self.hparams.optim)(self.param_groups())
 
     def configure_optimizers(self) -> dict:
         optimizer = self.build_optimizer()
-        sched = dict(self.hparams.sched)
-        monitor = sched.pop("monitor", "val/loss")
         max_epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
-        scheduler = StagedLR(optimizer, self.schedule, max_epochs=max_epochs, **sched)
+        scheduler = StagedLR(optimizer, self.schedule, max_epochs=max_epochs, **self.hparams.sched)
         config = {"scheduler": scheduler, "interval": "epoch"}
         if scheduler.decay == "plateau":
-            config.update(monitor=monitor, reduce_on_plateau=True)
+            config.update(monitor=scheduler.monitor, reduce_on_plateau=True)
         return {"optimizer": optimizer, "lr_scheduler": config}
 
     def lr_scheduler_step(self, scheduler: StagedLR, metric: Any) -> None:

@@ -14,6 +14,7 @@ import math
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
+from bloodcells.errors import ConfigError
 from bloodcells.models.finetune import FinetuneSchedule
 
 
@@ -31,9 +32,10 @@ class StagedLR(LRScheduler):
         plateau_factor: float = 0.5,
         plateau_patience: int = 2,
         plateau_mode: str = "min",
+        monitor: str = "val/loss",
     ) -> None:
         if decay not in ("cosine", "plateau", "constant"):
-            raise ValueError(f"unknown LR decay '{decay}' (cosine, plateau, constant)")
+            raise ConfigError(f"sched.decay={decay!r} is not allowed; choose cosine, plateau or constant")
         self.stages = [(s.epoch, s.unfreeze, s.lr_factor) for s in schedule.stages]
         self.n_blocks = schedule.n_blocks
         self.decay = decay
@@ -43,6 +45,8 @@ class StagedLR(LRScheduler):
         self.plateau_factor = plateau_factor
         self.plateau_patience = plateau_patience
         self.plateau_mode = plateau_mode
+        self.monitor = monitor
+        """The validation metric that plateau decay steps on (Lightning passes it to ``step``)."""
         self.plateau_scale = 1.0
         self.plateau_best: float | None = None
         self.plateau_bad_epochs = 0
