@@ -25,8 +25,8 @@ from bloodcells.clean import write_clean_outputs
 from bloodcells.data.contact_sheet import contact_sheet
 from bloodcells.data.dedup import best_correlation, clean_dataset, hamming_pairs, thumbnails
 from bloodcells.data.hashing import dihedral_hashes
-from tests.planting import plant_pollution
 from bloodcells.data.readers import read_folder
+from tests.planting import plant_pollution
 
 
 def imagehash_loop(images: np.ndarray) -> list[list[imagehash.ImageHash]]:

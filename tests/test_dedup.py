@@ -12,10 +12,10 @@ from PIL import Image
 from bloodcells.clean import clean
 from bloodcells.data.dedup import clean_dataset, cross_duplicates, hamming_pairs, union_find_groups
 from bloodcells.data.hashing import dihedral_hashes, hex_hash, image_hash
-from tests.planting import plant_pollution
 from bloodcells.data.readers import DataError, read_folder
 from bloodcells.data.split import stratified_split
 from tests.conftest import SAMPLE_DIR, compose_config
+from tests.planting import plant_pollution
 
 REFERENCE = {"phash": imagehash.phash, "dhash": imagehash.dhash, "average": imagehash.average_hash}
 
