@@ -1,0 +1,90 @@
+"""Export a checkpoint or ensemble file: ``python -m bloodcells.export ckpt_path=... format=onnx|pt2|submission``.
+
+Every format takes uint8 N x H x W x 3 and returns calibrated probabilities, with a dynamic
+batch dimension, the normalisation, the TTA views and the ensemble members inside the graph.
+``onnx`` uses ``torch.onnx.export(dynamo=True)`` (timm's own exporter calls APIs that torch
+removed); ``pt2`` is ``torch.export``; ``submission`` is a folder with ``model.onnx`` and a
+``model.py`` whose ``Model().predict(X)`` returns class indices with numpy + onnxruntime only.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig
+
+from bloodcells.config import CONFIG_DIR, user_errors
+from bloodcells.deploy import DeployedPredictor
+from bloodcells.ensemble_file import load_predictor
+from bloodcells.errors import ConfigError, check_choice
+from bloodcells.evaluate import configured_tta
+
+FORMATS = ("onnx", "pt2", "submission")
+SUBMISSION_MODEL = Path(__file__).parent / "submission_model.py"
+
+
+def example_input(size: int, batch: int = 2) -> torch.Tensor:
+    return torch.randint(0, 256, (batch, size, size, 3), dtype=torch.uint8)
+
+
+def batch_dim() -> dict:
+    return {"images": {0: torch.export.Dim("batch", min=1, max=4096)}}
+
+
+def export_onnx(module: DeployedPredictor, path: Path) -> Path:
+    try:
+        import onnxscript  # noqa: F401  (torch's dynamo exporter needs it)
+    except ImportError:
+        raise ConfigError("format=onnx needs the export extra: pip install -e '.[export]'") from None
+    x = example_input(module.image_size)
+    program = torch.onnx.export(
+        module, (x,), dynamo=True, input_names=["images"], output_names=["probs"], dynamic_shapes=batch_dim()
+    )
+    program.save(str(path))
+    return path
+
+
+def export_pt2(module: DeployedPredictor, path: Path) -> Path:
+    program = torch.export.export(module, (example_input(module.image_size),), dynamic_shapes=batch_dim())
+    torch.export.save(program, str(path))
+    return path
+
+
+def export_submission(module: DeployedPredictor, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    export_onnx(module, folder / "model.onnx")
+    shutil.copy(SUBMISSION_MODEL, folder / "model.py")
+    meta = {"class_names": module.class_names, "image_size": module.image_size, "input": "uint8 N x H x W x 3"}
+    (folder / "classes.json").write_text(json.dumps(meta, indent=2))
+    return folder
+
+
+def export(cfg: DictConfig) -> Path:
+    check_choice("format", cfg.format, FORMATS)
+    predictor = load_predictor(cfg.ckpt_path, configured_tta(cfg), "cpu")
+    module = DeployedPredictor(predictor).eval()
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        if cfg.format == "onnx":
+            path = export_onnx(module, out / "model.onnx")
+        elif cfg.format == "pt2":
+            path = export_pt2(module, out / "model.pt2")
+        else:
+            path = export_submission(module, out / "submission")
+    print(f"Exported {cfg.ckpt_path} (TTA {predictor.tta.key}, {len(predictor.members)} member(s)) -> {path}")
+    return path
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="export")
+def main(cfg: DictConfig) -> None:
+    with user_errors():
+        export(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""Course submission: ``Model().predict(X)`` for X uint8 N x 96 x 96 x 3 -> class indices.
+
+Depends on numpy and onnxruntime only (no torch, no bloodcells). ``model.onnx`` beside this
+file holds the whole predictor: normalisation, TTA views, ensemble members, calibration.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+HERE = Path(__file__).resolve().parent
+
+
+class Model:
+    def __init__(self, batch_size: int = 64) -> None:
+        self.session = ort.InferenceSession(str(HERE / "model.onnx"), providers=["CPUExecutionProvider"])
+        self.meta = json.loads((HERE / "classes.json").read_text())
+        self.batch_size = batch_size
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:  # noqa: N803 (the course's name)
+        X = np.asarray(X)
+        size = self.meta["image_size"]
+        if X.dtype != np.uint8 or X.ndim != 4 or X.shape[1:] != (size, size, 3):
+            raise ValueError(f"expected uint8 N x {size} x {size} x 3, got {X.dtype} {X.shape}")
+        out = [
+            self.session.run(["probs"], {"images": X[i : i + self.batch_size]})[0]
+            for i in range(0, len(X), self.batch_size)
+        ]
+        return np.concatenate(out) if out else np.zeros((0, len(self.meta["class_names"])), np.float32)
+
+    def predict(self, X: np.ndarray) -> np.ndarray:  # noqa: N803
+        return self.predict_proba(X).argmax(axis=1)
