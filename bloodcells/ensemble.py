@@ -26,6 +26,7 @@ from bloodcells.errors import ConfigError, check_positive
 from bloodcells.evaluate import datamodule_for
 from bloodcells.metrics import compute_metrics
 from bloodcells.predictor import Predictor, resolve_device
+from bloodcells.report_html import report_run
 from bloodcells.reports import format_comparison, plot_reliability, write_comparison, write_evaluation
 
 log = logging.getLogger(__name__)
@@ -110,6 +111,18 @@ def ensemble(cfg: DictConfig) -> dict:
         result.temperature,
         {"fitted_on": FITTED_ON, "weight_fit": weight_report, "data": cfg.data.get("_target_")},
     )
+    report = report_run(
+        run_dir,
+        f"bloodcells ensemble of {len(paths)}",
+        cfg,
+        results,
+        datamodule,
+        predictor.members[0],
+        rows,
+        curves_note="an ensemble of trained models: no training curves here (see each member's run); "
+        "Grad-CAM shows the first member",
+    )
+    print(f"Report: {report}")
     print(f"\nEnsemble of {len(paths)} on the test split (TTA {tta.key}):\n{format_comparison(rows)}")
     print(f"weights: {final_weights}  ({'fitted' if weights is not None else 'uniform'})")
     print(f"Ensemble file: {file}  (use it as ckpt_path= in predict and evaluate)")

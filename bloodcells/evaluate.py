@@ -21,6 +21,7 @@ from bloodcells.errors import DataError, check_choice
 from bloodcells.instantiate import build_datamodule
 from bloodcells.metrics import compute_metrics
 from bloodcells.predictor import Predictor, resolve_device, tta_changes
+from bloodcells.report_html import report_run
 from bloodcells.reports import format_summary, plot_reliability, write_evaluation
 from bloodcells.tta import TTA
 
@@ -60,6 +61,19 @@ def evaluate(cfg: DictConfig) -> dict:
     plot_reliability(
         run_dir / "reliability.png", out["targets"].numpy(), {predictor.tta.key: out["probs"].numpy()}, cfg.split
     )
+    curves_note = f"an evaluation of an existing model ({cfg.ckpt_path}): no training curves"
+    if len(predictor.members) > 1:
+        curves_note += "; Grad-CAM shows the first ensemble member"
+    report = report_run(
+        run_dir,
+        f"bloodcells evaluate: {cfg.split} split",
+        cfg,
+        results,
+        datamodule,
+        predictor.members[0],
+        curves_note=curves_note,
+    )
+    print(f"Report: {report}")
     print(
         f"\nEvaluation of {cfg.ckpt_path} (TTA {predictor.tta.key}, T={predictor.temperature:.3f}) "
         f"on the {cfg.split} split:\n{format_summary(metrics, results['per_class'])}"

@@ -26,14 +26,16 @@ from bloodcells.errors import Stopped
 from bloodcells.instantiate import build_datamodule, build_model, build_trainer
 from bloodcells.metrics import compute_metrics
 from bloodcells.predictor import Predictor
+from bloodcells.report_html import report_run
 from bloodcells.reports import format_comparison, format_summary, plot_reliability, write_comparison, write_evaluation
 from bloodcells.resume import resolve_resume
 
 log = logging.getLogger(__name__)
 
 
-def test_results(trainer: pl.Trainer, model: pl.LightningModule, datamodule) -> tuple[dict, list[dict], str]:
-    """Test-split results of what the run deploys, the comparison rows, and what was scored."""
+def test_results(trainer: pl.Trainer, model: pl.LightningModule, datamodule) -> tuple[dict, list[dict], str, object]:
+    """Test-split results of what the run deploys, the comparison rows, what was scored (in
+    words) and the best model (for Grad-CAM)."""
     callback = next((c for c in trainer.callbacks if isinstance(c, TTAEnsembleCallback)), None)
     if callback is not None and callback.variants:
         deployed, scores = callback.deployed(), callback.test
@@ -43,7 +45,8 @@ def test_results(trainer: pl.Trainer, model: pl.LightningModule, datamodule) -> 
         results["metrics"].update(temperature=deployed.temperature, tta=callback.tta.key)
         results["uncalibrated_probs"] = deployed.uncalibrated_test_probs
         what = f"{callback.checkpoints[0] if callback.checkpoints else 'the last weights'} with TTA {callback.tta.key}"
-        return results, [v.row for v in callback.variants], what
+        best = callback.best_model or model
+        return results, [v.row for v in callback.variants], what, best
     ranked = ranked_checkpoints(trainer)
     device = trainer.strategy.root_device
     member = load_classifier(ranked[0], device) if ranked else model.to(device)
@@ -51,7 +54,7 @@ def test_results(trainer: pl.Trainer, model: pl.LightningModule, datamodule) -> 
     probs = scores.probs(None)
     results = {"probs": probs, "targets": scores.targets, "index": scores.index}
     results.update(compute_metrics(probs, scores.targets, model.class_names))
-    return results, [], ranked[0] if ranked else "the last weights"
+    return results, [], ranked[0] if ranked else "the last weights", member
 
 
 def train(cfg: DictConfig) -> dict:
@@ -82,7 +85,7 @@ def train(cfg: DictConfig) -> dict:
         return {"fit_seconds": fit_seconds}
     if not trainer.is_global_zero:
         return {}
-    results, comparison, what = test_results(trainer, model, datamodule)
+    results, comparison, what, scored = test_results(trainer, model, datamodule)
     sources = datamodule.sources(results["index"].numpy())
     metrics = write_evaluation(run_dir, results, sources, model.class_names)
     if comparison:
@@ -104,12 +107,16 @@ def train(cfg: DictConfig) -> dict:
         run_dir=str(run_dir),
     )
     (run_dir / "summary.json").write_text(json.dumps(metrics, indent=2))
+    report = report_run(
+        run_dir, f"bloodcells train: {cfg.model.backbone}", cfg, results, datamodule, scored, comparison
+    )
     print(f"\nTest of {what}:\n{format_summary(metrics, results['per_class'])}")
     if comparison:
         print(
             f"\nplain / TTA / ensemble on the test split (temperatures fitted on validation):\n"
             f"{format_comparison(comparison)}"
         )
+    print(f"Report: {report}")
     print(f"Run dir: {run_dir}  (metrics.json, per_class.csv, predictions.csv, confusion_matrix.png, checkpoints/)")
     return metrics
 

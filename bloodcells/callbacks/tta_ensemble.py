@@ -47,6 +47,7 @@ class TTAEnsembleCallback(pl.Callback):
         self.variants: list[VariantResult] = []
         self.test: Scores | None = None
         self.checkpoints: list[str] = []
+        self.best_model: pl.LightningModule | None = None
 
     def on_fit_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         if not trainer.is_global_zero or trainer.interrupted:
@@ -64,6 +65,7 @@ class TTAEnsembleCallback(pl.Callback):
                 self.top_k,
                 len(self.checkpoints),
             )
+        self.best_model = members[0]
         predictor = Predictor(members, self.tta)
         datamodule = trainer.datamodule
         val = predictor.scores(datamodule.val_dataloader())

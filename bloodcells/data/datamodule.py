@@ -50,9 +50,9 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def apply_cleaning(data: ImageSet, options: dict, cache_dir: str | None) -> tuple[ImageSet, np.ndarray]:
-    """Run (or reuse) the cleaning of ``bloodcells.clean`` and return the kept data and its
-    near-duplicate group ids, which the split keeps on one side."""
+def apply_cleaning(data: ImageSet, options: dict, cache_dir: str | None) -> tuple[ImageSet, np.ndarray, dict]:
+    """Run (or reuse) the cleaning of ``bloodcells.clean`` and return the kept data, its
+    near-duplicate group ids (the split keeps each group on one side) and the counts."""
     cached = None
     if cache_dir:
         key = hashlib.blake2b(digest_size=16)
@@ -81,7 +81,7 @@ def apply_cleaning(data: ImageSet, options: dict, cache_dir: str | None) -> tupl
     for index, label in decided["relabelled"].items():
         data.labels[int(index)] = label
     keep = np.setdiff1d(np.arange(len(data)), decided["removed"])
-    return data.subset(keep), np.asarray(decided["group_of"])[keep]
+    return data.subset(keep), np.asarray(decided["group_of"])[keep], decided["counts"]
 
 
 def data_source(reader: Callable[..., ImageSet]) -> dict[str, str]:
@@ -154,6 +154,7 @@ class BloodCellDataModule(pl.LightningDataModule):
         self.sampler, self.seed = sampler, seed
         self.clean, self.clean_options, self.cache_dir = clean, dict(clean_options or {}), cache_dir
         self.groups: np.ndarray | None = None
+        self.cleaning_counts: dict = {}
         self.data: ImageSet | None = None
         self.splits: dict[str, np.ndarray] = {}
 
@@ -175,7 +176,7 @@ class BloodCellDataModule(pl.LightningDataModule):
             return
         data = self.reader(class_names=self.class_names)
         if self.clean:
-            data, self.groups = apply_cleaning(data, self.clean_options, self.cache_dir)
+            data, self.groups, self.cleaning_counts = apply_cleaning(data, self.clean_options, self.cache_dir)
         if data.images.shape[1:3] != (self.image_size, self.image_size):
             log.warning(
                 "%s: images are %dx%d; the pipeline resizes them to data.image_size=%d",
@@ -262,6 +263,18 @@ class BloodCellDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self.loader(self.dataset("test"), self.eval_batch_size)
+
+    def summary(self) -> dict:
+        """Images per class and split, and the cleaning counts (for the run report)."""
+        self.setup()
+        counts = []
+        for c, name in enumerate(self.class_names):
+            row = {"class": name}
+            for split in ("train", "val", "test"):
+                row[split] = int(np.sum(self.data.labels[self.splits[split]] == c))
+            counts.append(row)
+        counts.append({"class": "all", **{s: int(len(self.splits[s])) for s in ("train", "val", "test")}})
+        return {"counts": counts, "cleaning": self.cleaning_counts, "source": self.source_name}
 
     def sources(self, index: np.ndarray) -> list[str]:
         return [self.data.sources[i] for i in index]

@@ -1,0 +1,60 @@
+"""Grad-CAM explanations: ``python -m bloodcells.explain ckpt_path=... [input=...|data=... split=test]``.
+
+With ``input`` (npz, folder or file, unlabelled) it draws a grid of a few images per
+predicted class; without, it takes the configured data split, draws a few images per true
+class and a gallery of the misclassified ones (true -> predicted, probability). Maps are for
+the predicted class, at the layer ``layer`` (default: the last stride-16 stage).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+import numpy as np
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader
+
+from bloodcells.checkpoints import load_classifier
+from bloodcells.config import CONFIG_DIR, user_errors
+from bloodcells.data.datamodule import ImageArrayDataset
+from bloodcells.data.readers import read_unlabelled
+from bloodcells.data.transforms import build_pipeline
+from bloodcells.errors import check_choice, check_positive
+from bloodcells.evaluate import SPLITS, datamodule_for
+from bloodcells.gradcam import explanation_figures
+from bloodcells.predictor import Predictor, resolve_device
+
+
+def explain(cfg: DictConfig) -> dict[str, str]:
+    check_positive("per_class", cfg.per_class)
+    model = load_classifier(cfg.ckpt_path, resolve_device(cfg.get("device", "auto")))
+    predictor = Predictor([model])
+    if cfg.get("input"):
+        images, _ = read_unlabelled(cfg.input, image_size=model.hparams.image_size)
+        labels = None
+    else:
+        check_choice("split", cfg.split, SPLITS)
+        datamodule = datamodule_for(predictor, cfg)
+        index = datamodule.dataset(cfg.split).index
+        images, labels = datamodule.data.images[index], datamodule.data.labels[index]
+    dataset = ImageArrayDataset(images, np.zeros(len(images), np.int64), np.arange(len(images)), build_pipeline([]))
+    probs = predictor.predict(DataLoader(dataset, batch_size=64))["probs"].numpy()
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    figures = explanation_figures(
+        model, images, probs, model.class_names, out, labels, cfg.per_class, cfg.max_wrong, cfg.get("layer")
+    )
+    for name, path in figures.items():
+        print(f"{name}: {path}")
+    return figures
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="explain")
+def main(cfg: DictConfig) -> None:
+    with user_errors():
+        explain(cfg)
+
+
+if __name__ == "__main__":
+    main()
