@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import sys
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -60,6 +62,20 @@ def instantiate(config: Any, *args, **kwargs) -> Any:
         raise cause from None
 
 
+class DropLightningTips(logging.Filter):
+    """Lightning's advertising tip (litlogger) is not for our users."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
+
+
+def quiet_third_party() -> None:
+    """Silence known noise that is not the user's business (called by the entry points)."""
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(DropLightningTips())
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+
+
 @contextmanager
 def user_errors() -> Iterator[None]:
     """Bad input from the user ends the run with its one-line message, not a stack trace."""
@@ -67,6 +83,7 @@ def user_errors() -> Iterator[None]:
 
     from bloodcells.errors import UserError
 
+    quiet_third_party()
     try:
         yield
     except (UserError, FileNotFoundError) as err:

@@ -149,3 +149,23 @@ def test_cli_bad_input_gives_one_line_not_a_stack_trace(tmp_path):
     assert out.returncode == 2
     assert "bad.npz: label 9 at index 2 is outside the class range 0..7" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+@pytest.mark.slow
+def test_cli_prints_one_line_per_epoch_without_lightning_noise(tmp_path):
+    out = run_train_cli("trainer.max_epochs=2", "+trainer.limit_train_batches=2", log_dir=tmp_path)
+    text = out.stdout + out.stderr
+    for epoch in (1, 2):
+        assert f"epoch {epoch}/2  train loss " in text and "val balanced acc" in text
+    assert "💡 Tip" not in text and "litlogger" not in text and "LeafSpec" not in text
+
+
+@pytest.mark.parametrize(
+    "logger, package, artefact", [("tensorboard", "tensorboard", "tensorboard"), ("mlflow", "mlflow", "mlruns")]
+)
+def test_optional_loggers_write_their_files(train_cfg, tmp_path, logger, package, artefact):
+    pytest.importorskip(package)  # the 'logging' extra; CSV logging (the default) is tested everywhere
+    cfg = train_cfg(f"logger={logger}", "trainer.max_epochs=1", "+trainer.limit_train_batches=2", "callbacks=none")
+    train(cfg)
+    root = Path(cfg.paths.output_dir) if logger == "tensorboard" else Path(cfg.paths.log_dir)
+    assert any((root / artefact).rglob("*")), f"nothing under {root / artefact}"
