@@ -15,7 +15,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from bloodcells.errors import UserError
+from bloodcells.errors import Stopped, UserError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = str(PROJECT_ROOT / "conf")
@@ -62,6 +62,13 @@ def instantiate(config: Any, *args, **kwargs) -> Any:
         raise cause from None
 
 
+def in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 class DropLightningTips(logging.Filter):
     """Lightning's advertising tip (litlogger) is not for our users."""
 
@@ -78,19 +85,37 @@ def quiet_third_party() -> None:
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Bad input from the user ends the run with its one-line message, not a stack trace."""
-    from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryValue
+    """Bad input from the user ends the run with its one-line message, not a stack trace.
 
-    from bloodcells.errors import UserError
+    In a multirun, a failing job (any error) is recorded in its dir and the sweep goes on.
+    """
+    from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryValue
 
     quiet_third_party()
     try:
         yield
-    except (UserError, FileNotFoundError) as err:
+    except Exception as err:
+        if in_multirun() and not isinstance(err, Stopped):
+            record_failed_job(err)  # summarize lists this job as failed
+            return
+        if isinstance(err, (MissingMandatoryValue, InterpolationToMissingValueError)):
+            named = re.search(r"Missing mandatory value: ([\w.]+)", str(err))
+            key = named.group(1) if named else (err.full_key or "a mandatory option")
+            print(f"bloodcells: error: {key} is required: pass {key}=... on the command line", file=sys.stderr)
+            raise SystemExit(2) from None
+        if not isinstance(err, (UserError, FileNotFoundError)):
+            raise
         print(f"bloodcells: error: {err}", file=sys.stderr)
         raise SystemExit(getattr(err, "exit_code", 2)) from None
-    except (MissingMandatoryValue, InterpolationToMissingValueError) as err:
-        named = re.search(r"Missing mandatory value: ([\w.]+)", str(err))
-        key = named.group(1) if named else (err.full_key or "a mandatory option")
-        print(f"bloodcells: error: {key} is required: pass {key}=... on the command line", file=sys.stderr)
-        raise SystemExit(2) from None
+
+
+def record_failed_job(err: BaseException) -> None:
+    """A multirun job's failure: one line on stderr, the traceback in the job's error.txt."""
+    import traceback
+
+    from hydra.core.hydra_config import HydraConfig
+
+    out = Path(HydraConfig.get().runtime.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "error.txt").write_text("".join(traceback.format_exception(err)))
+    print(f"bloodcells: error: job {out.name} failed: {type(err).__name__}: {err}", file=sys.stderr)

@@ -62,8 +62,12 @@ def train(cfg: DictConfig) -> dict:
 
     The test runs on rank 0 alone, on one device, so under DDP every test image counts once.
     """
-    pl.seed_everything(cfg.seed, workers=True)
     run_dir = Path(cfg.paths.output_dir)
+    done = run_dir / "summary.json"
+    if cfg.get("skip_completed", True) and done.is_file():  # a re-run sweep finishes only the missing jobs
+        print(f"{run_dir}: completed earlier, skipped (skip_completed=false trains it again)")
+        return json.loads(done.read_text())
+    pl.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg)
     model = build_model(cfg)
     trainer = build_trainer(cfg)
@@ -123,6 +127,7 @@ def train(cfg: DictConfig) -> dict:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    metrics: dict = {}
     with user_errors():
         metrics = train(cfg)
     return metrics.get("balanced_accuracy")
