@@ -128,7 +128,9 @@ def cams_for(model: CellClassifier, images: np.ndarray, classes: np.ndarray, lay
     out = []
     for start in range(0, len(images), batch):
         x = torch.from_numpy(np.ascontiguousarray(images[start : start + batch])).permute(0, 3, 1, 2)
-        if x.shape[-1] != size:
+        shown = x.shape[-2:]
+        if x.shape[-1] != size:  # the model's input size; the map is drawn at the image's size
             x = F.interpolate(x.float(), size=(size, size), mode="bilinear", antialias=True)
-        out.append(grad_cam(model, x, torch.as_tensor(classes[start : start + batch]), layer).numpy())
+        cam = grad_cam(model, x, torch.as_tensor(classes[start : start + batch]), layer)
+        out.append(F.interpolate(cam[:, None], size=shown, mode="bilinear")[:, 0].numpy())
     return np.concatenate(out)
