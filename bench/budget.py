@@ -44,7 +44,7 @@ def main() -> None:
         run_dir = Path(tempfile.mkdtemp(prefix="budget-"))
         overrides = [
             "data=npz",
-            f"data.path={cache}",
+            f"data.reader.path={cache}",
             "trainer.enable_progress_bar=false",
             f"+trainer.max_time={budget}",
             f"+trainer.limit_train_batches={args.batches_per_epoch}",

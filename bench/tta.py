@@ -58,7 +58,12 @@ def main() -> None:
     if not cache.is_file():
         data = read_folder(args.root)
         np.savez(cache, images=data.images, labels=data.labels)
-    common = ["data=npz", f"data.path={cache}", "trainer.enable_progress_bar=false", "callbacks.tta_ensemble=null"]
+    common = [
+        "data=npz",
+        f"data.reader.path={cache}",
+        "trainer.enable_progress_bar=false",
+        "callbacks.tta_ensemble=null",
+    ]
     checkpoints = list(args.checkpoints)
     labels = [f"model {i}" for i in range(len(checkpoints))]
     for seed in [] if checkpoints else args.seeds:

@@ -1,9 +1,9 @@
-"""Clean a dataset: ``python -m bloodcells.clean data=npz data.path=training_set.npz``.
+"""Clean a dataset: ``python -m bloodcells.clean data=npz data.reader.path=training_set.npz``.
 
 Writes into its run dir: report.json (counts per decision and class, every group with its
 members, the ``removed`` input indices), contact sheets of the largest groups and of the
 outliers, the mean-pixel histogram, and cleaned.npz (images, labels, source index), which
-``data=npz data.path=<run dir>/cleaned.npz`` trains on. With ``audit=<npz|folder>`` it also
+``data=npz data.reader.path=<run dir>/cleaned.npz`` trains on. With ``audit=<npz|folder>`` it also
 lists the audited images that have a near-duplicate in the data (train/test leakage).
 """
 

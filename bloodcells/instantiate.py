@@ -14,13 +14,8 @@ def plain(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)
 
 
-SOURCE_KEYS = ("path", "root")
-"""Keys of the data configs that only feed the reader (``data.path=...``, ``data.root=...``)."""
-
-
 def build_datamodule(cfg: DictConfig) -> BloodCellDataModule:
-    data = OmegaConf.to_container(cfg.data, resolve=True)
-    return instantiate({k: v for k, v in data.items() if k not in SOURCE_KEYS})
+    return instantiate(OmegaConf.to_container(cfg.data, resolve=True))
 
 
 def build_model(cfg: DictConfig) -> CellClassifier:

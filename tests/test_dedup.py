@@ -121,7 +121,7 @@ def test_clean_cli_writes_report_sheets_and_cleaned_npz(sample, tmp_path):
     np.savez(tmp_path / "test.npz", images=sample.images[:4])
     cfg = compose_config(
         "clean",
-        ["data=npz", f"data.path={tmp_path / 'polluted.npz'}", f"audit={tmp_path / 'test.npz'}"],
+        ["data=npz", f"data.reader.path={tmp_path / 'polluted.npz'}", f"audit={tmp_path / 'test.npz'}"],
         tmp_path / "run",
     )
     report = clean(cfg)

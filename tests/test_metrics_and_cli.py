@@ -48,7 +48,7 @@ def test_balanced_class_weights_reach_the_loss(tmp_path, make_images):
         [
             "model=tiny",
             "data=npz",
-            f"data.path={tmp_path / 'd.npz'}",
+            f"data.reader.path={tmp_path / 'd.npz'}",
             "data.image_size=32",
             "data.num_workers=0",
             "loss.class_weights=balanced",
@@ -123,7 +123,13 @@ def test_evaluate_on_an_external_npz_scores_every_image(tmp_path, make_images):
     np.savez(tmp_path / "external.npz", images=make_images(24, 96), labels=labels.reshape(-1, 1))
     cfg = compose_config(
         "evaluate",
-        [f"ckpt_path={ckpt}", "data=npz", f"data.path={tmp_path / 'external.npz'}", "split=all", "data.num_workers=0"],
+        [
+            f"ckpt_path={ckpt}",
+            "data=npz",
+            f"data.reader.path={tmp_path / 'external.npz'}",
+            "split=all",
+            "data.num_workers=0",
+        ],
         tmp_path / "e",
     )
     metrics = evaluate(cfg)

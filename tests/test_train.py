@@ -112,16 +112,16 @@ def test_every_reader_config_builds_a_datamodule(kind, tmp_path, make_images):
     labels = (np.arange(40) % 8).reshape(40, 1)
     if kind == "npz":
         np.savez(tmp_path / "d.npz", images=make_images(40, 96), labels=labels)
-        overrides = ["data=npz", f"data.path={tmp_path / 'd.npz'}"]
+        overrides = ["data=npz", f"data.reader.path={tmp_path / 'd.npz'}"]
     elif kind == "medmnist":
         np.savez(
             tmp_path / "m.npz",
             **{f"{s}_images": make_images(40, 28) for s in ("train", "val", "test")},
             **{f"{s}_labels": labels for s in ("train", "val", "test")},
         )
-        overrides = ["data=medmnist", f"data.path={tmp_path / 'm.npz'}", "data.image_size=28"]
+        overrides = ["data=medmnist", f"data.reader.path={tmp_path / 'm.npz'}", "data.image_size=28"]
     else:
-        overrides = ["data=folder", f"data.root={PROJECT_ROOT / 'data' / 'sample'}"]
+        overrides = ["data=folder", f"data.reader.root={PROJECT_ROOT / 'data' / 'sample'}"]
     dm = build_datamodule(compose_config("train", [*overrides, "data.num_workers=0"], tmp_path / "run"))
     dm.setup()
     images, targets, index = next(iter(dm.train_dataloader()))
@@ -145,7 +145,7 @@ def test_multirun_writes_one_dir_per_job(tmp_path):
 @pytest.mark.slow
 def test_cli_bad_input_gives_one_line_not_a_stack_trace(tmp_path):
     np.savez(tmp_path / "bad.npz", images=np.zeros((4, 96, 96, 3), np.uint8), labels=np.array([0, 1, 9, 2]))
-    out = run_train_cli("data=npz", f"data.path={tmp_path / 'bad.npz'}", log_dir=tmp_path, check=False)
+    out = run_train_cli("data=npz", f"data.reader.path={tmp_path / 'bad.npz'}", log_dir=tmp_path, check=False)
     assert out.returncode == 2
     assert "bad.npz: label 9 at index 2 is outside the class range 0..7" in out.stderr
     assert "Traceback" not in out.stderr

@@ -217,7 +217,7 @@ def test_bad_evaluate_predict_preview_loss_and_stage_options(tmp_path):
 
 @pytest.mark.slow
 def test_cli_config_mistakes_end_with_one_line(tmp_path):
-    assert_one_line_error(run_train_cli("data=npz", log_dir=tmp_path, check=False), "data.path is required")
+    assert_one_line_error(run_train_cli("data=npz", log_dir=tmp_path, check=False), "data.reader.path is required")
     assert_one_line_error(run_train_cli("data.batch_size=0", log_dir=tmp_path, check=False), "data.batch_size=0")
     out = run_train_cli("model=effv2s", log_dir=tmp_path, check=False)  # offline: fails at once
     assert_one_line_error(out, "model.weights=", "model.pretrained=false")
@@ -270,7 +270,9 @@ def test_npz_inputs_upper_case_suffix_and_missing_images_key(tmp_path, make_imag
 
 def test_an_empty_split_names_the_file_and_the_option(tmp_path, make_images):
     np.savez(tmp_path / "few.npz", images=make_images(8, 96), labels=np.arange(8))
-    cfg = compose_config("train", ["data=npz", f"data.path={tmp_path / 'few.npz'}", "data.val_fraction=0.0"], tmp_path)
+    cfg = compose_config(
+        "train", ["data=npz", f"data.reader.path={tmp_path / 'few.npz'}", "data.val_fraction=0.0"], tmp_path
+    )
     dm = build_datamodule(cfg)
     with pytest.raises(DataError, match=r"few.npz: the 'val' split is empty.*data.val_fraction"):
         dm.dataset("val")
