@@ -17,10 +17,11 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig
 
-from bloodcells.config import CONFIG_DIR, instantiate, user_errors
+from bloodcells.config import CONFIG_DIR, user_errors
 from bloodcells.data.contact_sheet import contact_sheet, mean_pixel_histogram
 from bloodcells.data.dedup import CleanReport, clean_dataset, cross_duplicates
 from bloodcells.data.readers import ImageSet, read_unlabelled
+from bloodcells.instantiate import build_reader
 
 
 def write_clean_outputs(out_dir: Path, data: ImageSet, report: CleanReport, max_groups: int = 20) -> None:
@@ -80,7 +81,7 @@ def audit(
 
 def clean(cfg: DictConfig) -> CleanReport:
     out_dir = Path(cfg.paths.output_dir)
-    data: ImageSet = instantiate(cfg.data.reader)(class_names=tuple(cfg.class_names))
+    data: ImageSet = build_reader(cfg)(class_names=tuple(cfg.class_names))
     start = time.perf_counter()
     report = clean_dataset(data.images, data.labels, data.class_names, **cfg.data.clean_options)
     seconds = time.perf_counter() - start

@@ -83,6 +83,16 @@ def quiet_third_party() -> None:
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
 
 
+def require_values(node: DictConfig) -> None:
+    """Raise ``ConfigError`` naming the first ``???`` option under ``node`` (e.g. data.reader.path)."""
+    from bloodcells.errors import ConfigError
+
+    missing = sorted(OmegaConf.missing_keys(node))  # full keys from the config root
+    if missing:
+        key = missing[0]
+        raise ConfigError(f"{key} is required: pass {key}=... on the command line")
+
+
 @contextmanager
 def user_errors() -> Iterator[None]:
     """Bad input from the user ends the run with its one-line message, not a stack trace.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import lightning.pytorch as pl
 from omegaconf import DictConfig, OmegaConf
 
-from bloodcells.config import instantiate
+from bloodcells.config import instantiate, require_values
 from bloodcells.data.datamodule import BloodCellDataModule
 from bloodcells.models.module import CellClassifier
 
@@ -15,7 +15,14 @@ def plain(cfg: DictConfig) -> dict:
 
 
 def build_datamodule(cfg: DictConfig) -> BloodCellDataModule:
+    require_values(cfg.data)
     return instantiate(OmegaConf.to_container(cfg.data, resolve=True))
+
+
+def build_reader(cfg: DictConfig):
+    """The data config's reader (a partial that takes ``class_names``)."""
+    require_values(cfg.data.reader)
+    return instantiate(cfg.data.reader)
 
 
 def build_model(cfg: DictConfig) -> CellClassifier:

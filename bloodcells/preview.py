@@ -21,11 +21,12 @@ from bloodcells.config import (
 from bloodcells.data.readers import ImageSet
 from bloodcells.data.transforms import build_pipeline
 from bloodcells.errors import check_positive
+from bloodcells.instantiate import build_reader
 
 
 def preview(cfg: DictConfig) -> Path:
     check_positive("n", cfg.n)
-    data: ImageSet = instantiate(cfg.data.reader)(class_names=tuple(cfg.class_names))
+    data: ImageSet = build_reader(cfg)(class_names=tuple(cfg.class_names))
     pipeline = build_pipeline(instantiate(cfg.aug.train))
     pipeline.set_random_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)

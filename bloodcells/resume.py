@@ -14,9 +14,9 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from bloodcells.checkpoints import safe_load
-from bloodcells.config import instantiate
 from bloodcells.data.datamodule import BloodCellDataModule, data_source
 from bloodcells.errors import CheckpointError
+from bloodcells.instantiate import build_reader
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ def run_fingerprint(cfg: DictConfig) -> dict:
         "model.head": OmegaConf.to_container(cfg.model.head, resolve=True),
         "class_names": list(cfg.class_names),
         "data.image_size": cfg.data.image_size,
-        "data source": data_source(instantiate(cfg.data.reader)),
+        "data source": data_source(build_reader(cfg)),
     }
 
 
