@@ -115,23 +115,24 @@ def test_resume_last_skips_checkpoints_of_another_model_or_dataset(tmp_path, mak
     cfg = compose_config("train", FAST_TRAIN + ["ckpt_path=last", f"paths.log_dir={tmp_path}"], tmp_path / "new")
     cfg.paths.log_dir = str(tmp_path)
 
-    def write_last(name: str, model, source: dict) -> Path:
+    def write_last(name: str, model, source: dict, age_s: int) -> Path:
         path = save_checkpoint(model, runs / name / "checkpoints" / "last.ckpt")
         ckpt = torch.load(path, weights_only=True)
         ckpt["BloodCellDataModule"] = {"source": source}
         torch.save(ckpt, path)
+        mtime = time.time() - age_s  # explicit ages: no reliance on the file system's clock resolution
+        os.utime(path, (mtime, mtime))
         return path
 
     sample_source = {"reader": "bloodcells.data.readers.read_folder", "image_size": "96", "root": str(SAMPLE.resolve())}
-    ours = write_last("a", tiny_classifier(), sample_source)
-    time.sleep(0.01)
+    ours = write_last("a", tiny_classifier(), sample_source, age_s=30)
     write_last(
         "b",
         tiny_classifier(head={"hidden": [16], "dropout": 0.0, "input_dropout": 0.0, "input_batchnorm": False}),
         sample_source,
+        age_s=20,
     )
-    time.sleep(0.01)
-    write_last("c", tiny_classifier(), {**sample_source, "root": "/elsewhere"})
+    write_last("c", tiny_classifier(), {**sample_source, "root": "/elsewhere"}, age_s=10)
     assert resolve_resume(cfg) == str(ours)  # the newest two belong to another head / dataset
     os.remove(ours)
     with pytest.raises(CheckpointError, match="none of the 2 last.ckpt") as err:
