@@ -10,9 +10,7 @@ once, by a user who trusts them: ``python -m bloodcells.checkpoints upgrade FILE
 from __future__ import annotations
 
 import argparse
-import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ from typing import Any
 import torch
 
 from bloodcells.errors import CheckpointError, ConfigError
+from bloodcells.files import replace_atomically
 from bloodcells.models.module import CellClassifier, to_plain
 
 UPGRADE_HINT = "python -m bloodcells.checkpoints upgrade {path}"
@@ -79,15 +78,8 @@ def load_classifier(ckpt_path: object, map_location: str | torch.device = "cpu")
 
 
 def atomic_save(obj: Any, path: Path) -> None:
-    """torch.save to a temp file in the same dir, then rename: no half-written file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """torch.save without ever leaving a half-written checkpoint."""
+    replace_atomically(path, lambda tmp: torch.save(obj, tmp))
 
 
 def write_calibration(ckpt_path: str | Path, calibration: dict) -> None:

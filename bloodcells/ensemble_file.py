@@ -79,7 +79,7 @@ def load_predictor(path: object, tta: TTA | None = None, device: str | torch.dev
         temperatures = {stored.key: float(body.get("temperature", 1.0))}
     else:
         model = load_classifier(file, device)
-        members, paths, weights = [model], [str(file)], None
+        members, weights = [model], None
         stored = tta_from_dict(model.calibration.get("tta"), str(file)) if model.calibration else NO_TTA
         temperatures = dict(model.calibration.get("temperatures", {}))
     chosen = tta or stored
@@ -90,4 +90,4 @@ def load_predictor(path: object, tta: TTA | None = None, device: str | torch.dev
                 "%s: calibrated for TTA %s, not %s; predicting uncalibrated", file, list(temperatures), chosen.key
             )
         temperature = 1.0
-    return Predictor(members, chosen, weights, temperature, paths)
+    return Predictor(members, chosen, weights, temperature)

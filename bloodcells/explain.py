@@ -11,15 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import hydra
-import numpy as np
 from omegaconf import DictConfig
-from torch.utils.data import DataLoader
 
 from bloodcells.checkpoints import load_classifier
 from bloodcells.config import CONFIG_DIR, user_errors
-from bloodcells.data.datamodule import ImageArrayDataset
+from bloodcells.data.datamodule import array_loader
 from bloodcells.data.readers import read_unlabelled
-from bloodcells.data.transforms import build_pipeline
 from bloodcells.errors import check_choice, check_positive
 from bloodcells.evaluate import SPLITS, datamodule_for
 from bloodcells.gradcam import explanation_figures
@@ -38,8 +35,7 @@ def explain(cfg: DictConfig) -> dict[str, str]:
         datamodule = datamodule_for(predictor, cfg)
         index = datamodule.dataset(cfg.split).index
         images, labels = datamodule.data.images[index], datamodule.data.labels[index]
-    dataset = ImageArrayDataset(images, np.zeros(len(images), np.int64), np.arange(len(images)), build_pipeline([]))
-    probs = predictor.predict(DataLoader(dataset, batch_size=64))["probs"].numpy()
+    probs = predictor.predict(array_loader(images, 64))["probs"].numpy()
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     figures = explanation_figures(

@@ -13,12 +13,10 @@ from pathlib import Path
 import hydra
 import numpy as np
 from omegaconf import DictConfig
-from torch.utils.data import DataLoader
 
 from bloodcells.config import CONFIG_DIR, user_errors
-from bloodcells.data.datamodule import ImageArrayDataset
+from bloodcells.data.datamodule import array_loader
 from bloodcells.data.readers import read_unlabelled
-from bloodcells.data.transforms import build_pipeline
 from bloodcells.ensemble_file import load_predictor
 from bloodcells.errors import ConfigError, check_positive
 from bloodcells.evaluate import configured_tta
@@ -33,8 +31,7 @@ def predict(cfg: DictConfig) -> Path:
         raise ConfigError(f"output={out} is a folder; give a file name, e.g. output={out / 'predictions.csv'}")
     predictor = load_predictor(cfg.ckpt_path, configured_tta(cfg), resolve_device(cfg.get("device", "auto")))
     images, sources = read_unlabelled(cfg.input, image_size=predictor.image_size)
-    dataset = ImageArrayDataset(images, np.zeros(len(images), np.int64), np.arange(len(images)), build_pipeline([]))
-    probs = predictor.predict(DataLoader(dataset, batch_size=cfg.batch_size))["probs"].numpy()
+    probs = predictor.predict(array_loader(images, cfg.batch_size))["probs"].numpy()
     out.parent.mkdir(parents=True, exist_ok=True)
     write_predictions(out, sources, probs, predictor.class_names)
     counts = np.bincount(probs.argmax(1), minlength=len(predictor.class_names))

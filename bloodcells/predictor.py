@@ -8,8 +8,7 @@ each model normalises its own input, and a batch is resized to a member's size o
 
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -19,8 +18,6 @@ from bloodcells.calibration import apply_temperature
 from bloodcells.errors import CheckpointError, ConfigError
 from bloodcells.models.module import CellClassifier
 from bloodcells.tta import NO_TTA, TTA
-
-log = logging.getLogger(__name__)
 
 
 def resize_batch(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -95,7 +92,6 @@ class Predictor:
     tta: TTA = NO_TTA
     weights: torch.Tensor | None = None
     temperature: float = 1.0
-    paths: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         names = [m.class_names for m in self.members]
@@ -118,14 +114,9 @@ class Predictor:
         """The size data is read at: the largest member's (smaller members resize down)."""
         return max(m.hparams.image_size for m in self.members)
 
-    def to(self, device: torch.device | str) -> Predictor:
-        self.members = [m.to(device) for m in self.members]
-        return self
-
-    def scores(self, loader: DataLoader, tta: TTA | None = None) -> Scores:
-        """One pass per member over ``loader`` with ``tta`` (default: the predictor's)."""
-        tta = tta or self.tta
-        passes = [view_logits(m, loader, tta) for m in self.members]
+    def scores(self, loader: DataLoader) -> Scores:
+        """One pass per member over ``loader`` with the predictor's TTA."""
+        passes = [view_logits(m, loader, self.tta) for m in self.members]
         for p in passes[1:]:
             if not torch.equal(p["index"], passes[0]["index"]):
                 raise RuntimeError("the loader changed its order between members; it must not shuffle")

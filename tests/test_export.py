@@ -10,12 +10,10 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader
 
 from bloodcells.config import PROJECT_ROOT
-from bloodcells.data.datamodule import ImageArrayDataset
+from bloodcells.data.datamodule import array_loader
 from bloodcells.data.readers import read_folder
-from bloodcells.data.transforms import build_pipeline
 from bloodcells.deploy import DeployedPredictor
 from bloodcells.ensemble_file import load_predictor, write_ensemble_file
 from bloodcells.export import export, export_onnx, export_pt2
@@ -40,8 +38,7 @@ def predictor() -> Predictor:
 
 def reference_probs(predictor: Predictor, images: np.ndarray) -> np.ndarray:
     """What ``predict`` computes: the PyTorch scoring loop over a loader."""
-    dataset = ImageArrayDataset(images, np.zeros(len(images), np.int64), np.arange(len(images)), build_pipeline([]))
-    return predictor.predict(DataLoader(dataset, batch_size=16))["probs"].numpy()
+    return predictor.predict(array_loader(images, 16))["probs"].numpy()
 
 
 def check_agreement(probs: np.ndarray, reference: np.ndarray) -> None:

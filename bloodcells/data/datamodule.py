@@ -5,8 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -22,6 +20,7 @@ from bloodcells.data.sampling import EpochSampler
 from bloodcells.data.split import stratified_split
 from bloodcells.data.transforms import build_pipeline, to_tensor
 from bloodcells.errors import ConfigError, DataError, check_choice, check_positive
+from bloodcells.files import replace_atomically
 
 log = logging.getLogger(__name__)
 
@@ -39,15 +38,6 @@ def read_cache(path: Path) -> dict | None:
         return None
     log.info("cleaning: reusing %s", path)
     return decided
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write a temp file beside ``path`` and rename it: a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def apply_cleaning(data: ImageSet, options: dict, cache_dir: str | None) -> tuple[ImageSet, np.ndarray, dict]:
@@ -71,7 +61,8 @@ def apply_cleaning(data: ImageSet, options: dict, cache_dir: str | None) -> tupl
             "counts": report.counts,
         }
         if cached is not None:
-            write_atomic(cached, json.dumps(decided))
+            text = json.dumps(decided)
+            replace_atomically(cached, lambda tmp: Path(tmp).write_text(text))
     log.info(
         "cleaning: removed %d of %d images %s",
         len(decided["removed"]),
@@ -113,6 +104,12 @@ class ImageArrayDataset(Dataset):
         j = self.index[key]
         image = self.pipeline(image=self.images[j])["image"]
         return to_tensor(image), int(self.labels[j]), int(j)
+
+
+def array_loader(images: np.ndarray, batch_size: int) -> DataLoader:
+    """Unlabelled uint8 images (N x H x W x 3) in order, through the eval pipeline (no resize)."""
+    dataset = ImageArrayDataset(images, np.zeros(len(images), np.int64), np.arange(len(images)), build_pipeline([]))
+    return DataLoader(dataset, batch_size=batch_size)
 
 
 class BloodCellDataModule(pl.LightningDataModule):
