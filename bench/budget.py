@@ -1,80 +1,121 @@
-"""Accuracy under a fixed wall-clock budget: lite0 on pbc96 with its own stratified split.
+"""Test accuracy against training minutes on 2 CPU cores: the budget curve (issue 10).
 
-Each variant trains for ``--minutes`` (Lightning ``max_time``), then the best checkpoint
-(val balanced accuracy) is tested on the same held-out test split. Prints one line per
-variant and a final JSON line with all of them.
+Each run is the framework's own CLI, ``python -m bloodcells.train data=npz
+data.reader.path=<pbc96 cache>`` with the default recipe, ``callbacks.time_budget.minutes``
+set to the budget (whole epochs that fit, cosine fitted to them) and the run's overrides,
+one run at a time (two trainings on 2 cores distort each other). Pbc96's own leak-free
+stratified split; nothing is fitted on test. Each run reports the plain best checkpoint and
+the checkpoint with the default TTA (dihedral views, temperature fitted on val), its fit
+time (the budget covers this) and the after-fit time (test + TTA/calibration callback).
 
-    python bench/budget.py --variants "aug=none" "aug=standard" --minutes 4
+Results are appended to ``--results`` (JSON lines) as each run ends, so an interrupted
+bench keeps what it measured; ``--plot`` draws the curve from that file.
+
+    python bench/budget.py --runs "5" "10" "20" "30" "30 seed=7" "30 finetune=staged"
+    python bench/budget.py --plot
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import json
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-from common import compose_train, emit
+from common import emit, pbc96_cache
 
-from bloodcells.data.readers import read_folder
-from bloodcells.train import train
+ROOT = Path(__file__).resolve().parents[1]
+FIGURES = Path(__file__).resolve().parent / "figures"
+
+
+def run_one(minutes: float, overrides: list[str], cache: Path) -> dict:
+    run_dir = Path(tempfile.mkdtemp(prefix=f"budget-{minutes:g}min-"))
+    command = [
+        sys.executable,
+        "-m",
+        "bloodcells.train",
+        "data=npz",
+        f"data.reader.path={cache}",
+        f"callbacks.time_budget.minutes={minutes:g}",
+        "trainer.enable_progress_bar=false",
+        f"hydra.run.dir={run_dir}",
+        *overrides,
+    ]
+    print("$ " + " ".join(command[1:]), flush=True)
+    start = time.perf_counter()
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    log = done.stdout + done.stderr
+    if done.returncode != 0:
+        raise SystemExit(f"run failed ({done.returncode}):\n{log[-3000:]}")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    with open(run_dir / "comparison.csv") as f:
+        rows = {row["variant"].split(" ")[0]: row for row in csv.DictReader(f)}
+    epochs = [line for line in log.splitlines() if "time budget" in line]
+    return {
+        "minutes": minutes,
+        "overrides": " ".join(overrides),
+        "plain_accuracy": round(float(rows["plain"]["accuracy"]), 4),
+        "tta_accuracy": round(float(rows["tta"]["accuracy"]), 4),
+        "tta_macro_f1": round(float(rows["tta"]["macro_f1"]), 4),
+        "tta_balanced_accuracy": round(float(rows["tta"]["balanced_accuracy"]), 4),
+        "plain_macro_f1": round(float(rows["plain"]["macro_f1"]), 4),
+        "plain_balanced_accuracy": round(float(rows["plain"]["balanced_accuracy"]), 4),
+        "n_test": summary["n"],
+        "fit_min": round(summary["fit_seconds"] / 60, 2),
+        "after_fit_min": round((wall - summary["fit_seconds"]) / 60, 2),
+        "best_checkpoint": Path(summary["best_checkpoint"]).name,
+        "budget_log": epochs[0].split(" - ", 1)[-1] if epochs else "",
+        "run_dir": str(run_dir),
+    }
+
+
+def plot(results: list[dict], path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    curve = sorted((r for r in results if not r["overrides"]), key=lambda r: r["minutes"])
+    if curve:
+        fit = [r["fit_min"] for r in curve]
+        ax.plot(fit, [100 * r["plain_accuracy"] for r in curve], "o-", label="default recipe")
+        ax.plot(fit, [100 * r["tta_accuracy"] for r in curve], "s--", label="default recipe + dihedral TTA")
+    for r in results:
+        if r["overrides"]:
+            ax.plot(r["fit_min"], 100 * r["plain_accuracy"], "^", label=r["overrides"])
+    ax.axhline(98.8, color="grey", lw=0.8, ls=":")
+    ax.set_xlabel("training minutes (fit, 2 CPU cores)")
+    ax.set_ylabel("test accuracy, pbc96 split (%)")
+    ax.set_title("lite0 at 96 px: accuracy per CPU-minute")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"plot: {path}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--root", default=str(Path(__file__).resolve().parents[2] / "shared/data/pbc96/train"))
-    parser.add_argument("--variants", nargs="+", default=["finetune=full aug=standard"])
-    parser.add_argument("--minutes", type=float, default=4.0)
-    parser.add_argument(
-        "--batches-per-epoch", type=int, default=60, help="limit_train_batches: short epochs so stages happen"
-    )
-    parser.add_argument(
-        "--common", default="model=lite0 sched=cosine trainer.max_epochs=40 callbacks.early_stopping=null"
-    )
+    parser.add_argument("--runs", nargs="+", default=["5", "10", "20", "30", "30 seed=7", "30 finetune=staged"])
+    parser.add_argument("--results", default=str(FIGURES / "budget.jsonl"))
+    parser.add_argument("--plot", action="store_true", help="only draw the curve from --results")
     args = parser.parse_args()
-    cache = Path(tempfile.gettempdir()) / "pbc96_bench.npz"
-    if not cache.is_file():
-        data = read_folder(args.root)
-        np.savez(cache, images=data.images, labels=data.labels)
-    seconds = int(args.minutes * 60)
-    budget = f"00:00:{seconds // 60:02d}:{seconds % 60:02d}"
-    results = []
-    for variant in args.variants:
-        run_dir = Path(tempfile.mkdtemp(prefix="budget-"))
-        overrides = [
-            "data=npz",
-            f"data.reader.path={cache}",
-            "trainer.enable_progress_bar=false",
-            f"+trainer.max_time={budget}",
-            f"+trainer.limit_train_batches={args.batches_per_epoch}",
-            *args.common.split(),
-            *variant.split(),
-        ]
-        cfg = compose_train(overrides, run_dir)
-        start = time.perf_counter()
-        metrics = train(cfg)
-        row = {
-            "variant": variant,
-            "accuracy": round(metrics["accuracy"], 4),
-            "macro_f1": round(metrics["macro_f1"], 4),
-            "balanced_accuracy": round(metrics["balanced_accuracy"], 4),
-            "fit_s": round(metrics["fit_seconds"], 1),
-            "total_s": round(time.perf_counter() - start, 1),
-            "n_test": metrics["n"],
-            "best_checkpoint": Path(metrics["best_checkpoint"]).name,
-        }
-        print(f"RESULT {row}", flush=True)
-        results.append(row)
-    emit(
-        {
-            "bench": "budget",
-            "minutes": args.minutes,
-            "batches_per_epoch": args.batches_per_epoch,
-            "common": args.common,
-            "results": results,
-        }
-    )
+    results_file = Path(args.results)
+    if not args.plot:
+        cache = pbc96_cache()
+        for spec in args.runs:
+            minutes, *overrides = spec.split()
+            row = run_one(float(minutes), overrides, cache)
+            print(f"RESULT {json.dumps(row)}", flush=True)
+            with open(results_file, "a") as f:
+                f.write(json.dumps(row) + "\n")
+    results = [json.loads(line) for line in results_file.read_text().splitlines() if line.strip()]
+    plot(results, FIGURES / "budget.png")
+    emit({"bench": "budget", "results": results})
 
 
 if __name__ == "__main__":

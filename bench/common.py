@@ -22,3 +22,18 @@ def compose_train(overrides: list[str], run_dir: Path) -> DictConfig:
 def emit(result: dict) -> None:
     """The last line of every bench script: its figures as one JSON object."""
     print(json.dumps(result))
+
+
+def pbc96_cache(root: Path | None = None) -> Path:
+    """pbc96 (../shared/data/pbc96/train) as one npz, decoded once and reused by every bench."""
+    import tempfile
+
+    import numpy as np
+
+    from bloodcells.data.readers import read_folder
+
+    cache = Path(tempfile.gettempdir()) / "pbc96_bench.npz"
+    if not cache.is_file():
+        data = read_folder(root or Path(__file__).resolve().parents[2] / "shared/data/pbc96/train")
+        np.savez(cache, images=data.images, labels=data.labels)
+    return cache

@@ -9,6 +9,7 @@ normalises them itself.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import lightning.pytorch as pl
@@ -50,6 +51,7 @@ class CellClassifier(pl.LightningModule):
         weights: str | None = None,
         drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
+        channels_last: bool = True,
     ) -> None:
         super().__init__()
         head, class_names, optim, sched, loss, finetune = map(
@@ -60,6 +62,8 @@ class CellClassifier(pl.LightningModule):
         """Temperatures fitted after training, per TTA key (see ``checkpoints.write_calibration``)."""
         self.class_names = list(class_names)
         self.backbone = create_backbone(backbone, pretrained, weights, drop_rate, drop_path_rate)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.backbone.to(memory_format=self.memory_format)
         mean, std = backbone_norm(self.backbone)
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255)
@@ -74,7 +78,7 @@ class CellClassifier(pl.LightningModule):
     # --- model -------------------------------------------------------------------------
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits for uint8 (or 0-255 float) images, N x 3 x H x W."""
-        x = (images.float() - self.mean) / self.std
+        x = ((images.float() - self.mean) / self.std).contiguous(memory_format=self.memory_format)
         return self.head(self.backbone(x))
 
     def frozen_blocks(self, epoch: int) -> list[bool]:
@@ -151,10 +155,21 @@ class CellClassifier(pl.LightningModule):
         optimizer = self.build_optimizer()
         max_epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
         scheduler = StagedLR(optimizer, self.schedule, max_epochs=max_epochs, **self.hparams.sched)
-        config = {"scheduler": scheduler, "interval": "epoch"}
+        config = {"scheduler": scheduler, "interval": scheduler.interval}
         if scheduler.decay == "plateau":
             config.update(monitor=scheduler.monitor, reduce_on_plateau=True)
         return {"optimizer": optimizer, "lr_scheduler": config}
+
+    def on_train_start(self) -> None:
+        """A per-step schedule learns the epoch length here, once the train loader is sized
+        (step 0 is epoch 0 whatever the length; a resumed scheduler brings the same value).
+        Sizing it in ``configure_optimizers`` (``estimated_stepping_batches`` sets up the
+        loaders before the checkpoint is restored) broke the bit-exact resume test."""
+        scheduler = self.lr_schedulers()
+        if isinstance(scheduler, StagedLR) and scheduler.interval == "step":
+            batches = self.trainer.num_training_batches
+            if math.isfinite(batches):
+                scheduler.steps_per_epoch = max(1, math.ceil(batches / self.trainer.accumulate_grad_batches))
 
     def lr_scheduler_step(self, scheduler: StagedLR, metric: Any) -> None:
         scheduler.step(metric)
