@@ -15,7 +15,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from bloodcells.errors import Stopped, UserError
+from bloodcells.errors import Pruned, Stopped, UserError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = str(PROJECT_ROOT / "conf")
@@ -105,6 +105,9 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except Exception as err:
+        if isinstance(err, Pruned):
+            print(f"bloodcells: {err}", file=sys.stderr)
+            return
         if in_multirun() and not isinstance(err, Stopped):
             record_failed_job(err)  # summarize lists this job as failed
             return

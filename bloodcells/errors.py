@@ -37,6 +37,11 @@ class Stopped(UserError):
     exit_code = 143
 
 
+class Pruned(Exception):
+    """A search trial stopped by its Optuna pruner: an outcome of the search, not a failure
+    (the job leaves ``pruned.json``; ``bloodcells.search`` marks the trial PRUNED)."""
+
+
 def check_choice(option: str, value: object, allowed: Iterable[object]) -> None:
     """Raise ``ConfigError`` unless ``value`` is one of ``allowed``."""
     allowed = list(allowed)

@@ -47,12 +47,28 @@ def differences(run: dict, ckpt: dict) -> list[str]:
     return [f"{k}: checkpoint {ckpt[k]!r}, this run {run[k]!r}" for k in run if run[k] != ckpt[k]]
 
 
+def own_last_checkpoint(cfg: DictConfig, fingerprint: dict) -> str | None:
+    """This run dir's own ``last.ckpt``: a job requeued by SLURM/submitit, or a killed sweep
+    re-run into the same dir, continues where it stopped (``resume_in_place=false``: start over)."""
+    own = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    if not cfg.get("resume_in_place", True) or not own.is_file():
+        return None
+    diff = differences(fingerprint, checkpoint_fingerprint(safe_load(own)))
+    if diff:
+        raise CheckpointError(
+            f"{own}: this run dir holds a last.ckpt of another run ({'; '.join(diff)}); "
+            "use a fresh run dir or pass resume_in_place=false"
+        )
+    log.info("resuming this run dir's own %s (requeued or re-run job)", own)
+    return str(own)
+
+
 def resolve_resume(cfg: DictConfig) -> str | None:
     """The checkpoint to resume from (``None``: start fresh); checked against this run."""
     ckpt = cfg.get("ckpt_path")
-    if ckpt is None:
-        return None
     fingerprint = run_fingerprint(cfg)
+    if ckpt is None:
+        return own_last_checkpoint(cfg, fingerprint)
     if ckpt != "last":
         diff = differences(fingerprint, checkpoint_fingerprint(safe_load(ckpt)))
         if diff:

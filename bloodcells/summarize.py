@@ -1,6 +1,6 @@
 """Summarise a multirun: ``python -m bloodcells.summarize outputs/train/multiruns/<time>``.
 
-One row per job: its overrides, status (completed / failed with its error / incomplete),
+One row per job: its overrides, status (completed / pruned / failed with its error / incomplete),
 test and validation metrics, fit time and best checkpoint; rows that differ only by
 ``seed`` are aggregated (mean +- std, n). Writes ``summary.csv``, ``summary.md`` and
 ``summary.png`` into the sweep dir. Runs by itself after every multirun (a Hydra callback),
@@ -32,6 +32,9 @@ def job_row(job_dir: Path) -> dict[str, Any]:
     if summary.is_file():
         s = json.loads(summary.read_text())
         row.update(status="completed", **{k: s.get(k) for k in METRICS}, best_checkpoint=s.get("best_checkpoint"))
+    elif (job_dir / "pruned.json").is_file():  # stopped by the Optuna pruner: an outcome, not a failure
+        pruned = json.loads((job_dir / "pruned.json").read_text())
+        row.update(status="pruned", error=f"pruned after epoch {pruned['epoch'] + 1}: {pruned}")
     elif error.is_file():
         row.update(status="failed", error=error.read_text().strip().splitlines()[-1][:300])
     else:

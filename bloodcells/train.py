@@ -86,7 +86,9 @@ def train(cfg: DictConfig) -> dict:
         ) from None
     fit_seconds = time.perf_counter() - start
     if not cfg.get("test", True):
-        return {"fit_seconds": fit_seconds}
+        checkpoint = monitored_checkpoint(trainer)
+        score = checkpoint.best_model_score if checkpoint is not None else None
+        return {"fit_seconds": fit_seconds, "best_val_score": float(score) if score is not None else None}
     if not trainer.is_global_zero:
         return {}
     results, comparison, what, scored = test_results(trainer, model, datamodule)
@@ -127,10 +129,12 @@ def train(cfg: DictConfig) -> dict:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    """Returns the monitored validation score of the best checkpoint: what sweepers
+    optimise (never a test metric, which would leak the test split into the choice)."""
     metrics: dict = {}
     with user_errors():
         metrics = train(cfg)
-    return metrics.get("balanced_accuracy")
+    return metrics.get("best_val_score")
 
 
 if __name__ == "__main__":

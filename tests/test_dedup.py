@@ -163,3 +163,39 @@ def test_datamodule_cleans_once_then_reuses_the_cache(sample, tmp_path, monkeypa
     second.setup()
     assert second.data.sources == first.data.sources
     assert all(np.array_equal(first.splits[k], second.splits[k]) for k in ("train", "val", "test"))
+
+
+PBC96 = SAMPLE_DIR.parents[1].parent / "shared" / "data" / "pbc96" / "train"
+
+
+def planted_hashes(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    return dihedral_hashes(plant_pollution(images, labels).images)
+
+
+def test_multi_index_finds_exactly_the_all_pairs_answer_on_the_sample_and_random_hashes(sample, rng):
+    from bloodcells.data.hamming_index import HammingIndex
+
+    real = planted_hashes(sample.images, sample.labels)
+    random = rng.integers(0, 2**63, size=(3000, 8), dtype=np.int64).astype(np.uint64)
+    random[1::2, 0] = random[::2, 3] ^ np.uint64(0b1011_0110_1)  # 5 bits from another item's variant
+    for hashes in (real, random):
+        for threshold in (0, 5, 8, 12):
+            exact = hamming_pairs(hashes, hashes, threshold)
+            assert np.array_equal(HammingIndex(hashes, threshold).pairs(hashes), exact)
+    assert len(hamming_pairs(random, random, 5)) >= 1500  # the planted pairs are there to find
+    query, reference = real[:100], real[100:]  # two sets (the audit of a test set against train)
+    assert np.array_equal(
+        HammingIndex(reference, 8).pairs(query, same_set=False), hamming_pairs(query, reference, 8, same_set=False)
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not PBC96.is_dir(), reason="needs ../shared/data/pbc96")
+def test_multi_index_finds_exactly_the_all_pairs_answer_on_pbc96_with_planted_items():
+    from bloodcells.data.hamming_index import HammingIndex
+
+    data = read_folder(PBC96)
+    hashes = planted_hashes(data.images, data.labels)
+    exact = hamming_pairs(hashes, hashes, 8)
+    assert len(exact) > 300 * 299 // 2  # the overlay copies alone pair with each other
+    assert np.array_equal(HammingIndex(hashes, 8).pairs(hashes), exact)

@@ -77,3 +77,42 @@ def test_seed_pooling():
     assert without_seed("aug=none +seed=3 model=tiny") == "aug=none model=tiny"
     (pooled,) = aggregate(rows)
     assert pooled["n"] == 2 and pooled["accuracy"] == "0.8000 +- 0.1414"
+
+
+LAUNCHED = ["-m", "+trainer.fast_dev_run=true", "callbacks=none", "seed=1,2"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["submitit_local", "joblib"])
+def test_a_2_job_sweep_runs_on_another_launcher(tmp_path, launcher):
+    """submitit's local executor (what hydra/launcher=slurm uses, without SLURM) and joblib:
+    two jobs in their own processes and dirs, summarised like the basic launcher's."""
+    sweep = tmp_path / "sweep"
+    run_train_cli(*LAUNCHED, f"hydra/launcher={launcher}", f"hydra.sweep.dir={sweep}", log_dir=tmp_path)
+    rows = read_summary(sweep)
+    assert [r["status"] for r in rows] == ["completed", "completed"]
+    assert {r["overrides"].split("seed=")[1] for r in rows} == {"1", "2"}
+    if launcher == "submitit_local":  # the jobs ran under submitit, each with its own log
+        assert len(list((sweep / ".submitit").glob("*/*_log.out"))) == 2
+
+
+def test_slurm_launcher_takes_tasks_from_the_trainer_and_leaves_requeue_to_submitit():
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    from bloodcells.config import CONFIG_DIR
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(
+            "train",
+            ["hydra/launcher=slurm", "trainer=slurm", "trainer.devices=4", "trainer.num_nodes=2"],
+            return_hydra_config=True,
+        )
+    launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=False)
+    assert launcher["_target_"].endswith("SlurmLauncher")
+    assert cfg.hydra.launcher.tasks_per_node == 4 and cfg.hydra.launcher.nodes == 2
+    assert cfg.hydra.launcher.max_num_timeout > 0  # submitit requeues
+    (env,) = cfg.trainer.plugins
+    assert env._target_.endswith("SLURMEnvironment") and env.auto_requeue is False

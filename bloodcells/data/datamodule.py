@@ -80,7 +80,7 @@ def data_source(reader: Callable[..., ImageSet]) -> dict[str, str]:
     func = getattr(reader, "func", reader)
     source = {"reader": f"{func.__module__}.{func.__qualname__}"}
     for key, value in sorted(getattr(reader, "keywords", {}).items()):
-        source[key] = str(Path(value).resolve()) if key in ("path", "root") else str(value)
+        source[key] = str(Path(value).resolve()) if key in ("path", "root", "images", "labels") else str(value)
     return source
 
 
@@ -159,7 +159,7 @@ class BloodCellDataModule(pl.LightningDataModule):
     def source_name(self) -> str:
         """The file or folder the data comes from (for messages)."""
         source = data_source(self.reader)
-        return source.get("path") or source.get("root") or source["reader"]
+        return source.get("path") or source.get("root") or source.get("images") or source["reader"]
 
     def state_dict(self) -> dict:
         """Saved in every checkpoint, so that a resume can check it trains on the same data."""

@@ -1,7 +1,7 @@
 """Near-duplicate search, pollution detection and colour outliers, with every decision kept.
 
-Pipeline (``clean_dataset``): exact ids and dihedral pHashes -> all-pairs Hamming search
-(chunked, bounded memory) -> candidate pairs confirmed by thumbnail correlation -> groups
+Pipeline (``clean_dataset``): exact ids and dihedral pHashes -> Hamming search (multi-index,
+sub-quadratic, or all-pairs: the same pairs) -> candidate pairs confirmed by thumbnail correlation -> groups
 by union-find -> one decision per group:
 - larger than ``pollution_min_size``: pollution (an image repeated hundreds of times, like
   the course's memes), dropped whatever its labels;
@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from bloodcells.data.hamming_index import HammingIndex
 from bloodcells.data.hashing import dihedral_hashes, exact_ids, resize_luma, to_luma
 from bloodcells.errors import DataError, check_choice
 
@@ -49,6 +50,15 @@ def hamming_pairs(
             i, j = i[keep], j[keep]
         out.append(np.stack([i, j], axis=1))
     return np.concatenate(out) if out else np.empty((0, 2), dtype=np.int64)
+
+
+def near_pairs(query: np.ndarray, reference: np.ndarray, threshold: int, same_set: bool, search: str) -> np.ndarray:
+    """``hamming_pairs`` by all-pairs (``search="exact"``, quadratic) or by the multi-index
+    (``"index"``, sub-quadratic): the same pairs either way."""
+    check_choice("data.clean_options.search", search, ("index", "exact"))
+    if search == "exact":
+        return hamming_pairs(query, reference, threshold, same_set=same_set)
+    return HammingIndex(reference, threshold).pairs(query, same_set=same_set)
 
 
 def thumbnails(images: np.ndarray, size: int = 32) -> np.ndarray:
@@ -157,13 +167,13 @@ class CleanReport:
 
 
 def find_groups(
-    images: np.ndarray, hash: str, threshold: int, min_correlation: float | None
+    images: np.ndarray, hash: str, threshold: int, min_correlation: float | None, search: str = "index"
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact ids and near-duplicate group ids (union-find over confirmed pairs)."""
     n = len(images)
     exact = exact_ids(images)
     hashes = dihedral_hashes(images, hash)
-    pairs = hamming_pairs(hashes, hashes, threshold)
+    pairs = near_pairs(hashes, hashes, threshold, True, search)
     if min_correlation is not None:
         pairs = confirm_pairs(images, images, pairs, min_correlation)
     pairs = np.concatenate([pairs, np.stack([np.arange(n), exact], axis=1)])  # exact copies -> their first
@@ -215,6 +225,7 @@ def clean_dataset(
     same_label: str = "keep_one",
     outlier_z: float = 12.0,
     drop_outliers: bool = False,
+    search: str = "index",
 ) -> CleanReport:
     """Find duplicate groups, pollution and outliers; decide what to remove (see module doc)."""
     n = len(images)
@@ -222,7 +233,7 @@ def clean_dataset(
         raise DataError("cleaning: the dataset holds no images")
     check_choice("data.clean_options.conflict", conflict, ("drop", "majority"))
     check_choice("data.clean_options.same_label", same_label, ("keep_one", "keep_all"))
-    exact, group_of = find_groups(images, hash, threshold, min_correlation)
+    exact, group_of = find_groups(images, hash, threshold, min_correlation, search)
     colour_score = np.abs(robust_z(colour_stats(images))).max(axis=1)
     report = CleanReport(n_input=n, group_of=group_of.tolist())
     removed: set[int] = set()
@@ -291,11 +302,11 @@ def cross_duplicates(
     hash: str = "phash",
     threshold: int = 8,
     min_correlation: float | None = 0.90,
+    search: str = "index",
 ) -> list[tuple[int, int]]:
     """(query index, reference index) pairs: e.g. test images with a near-copy in train."""
-    pairs = hamming_pairs(
-        dihedral_hashes(query_images, hash), dihedral_hashes(reference_images, hash), threshold, same_set=False
-    )
+    query, reference = dihedral_hashes(query_images, hash), dihedral_hashes(reference_images, hash)
+    pairs = near_pairs(query, reference, threshold, False, search)
     if min_correlation is not None:
         pairs = confirm_pairs(query_images, reference_images, pairs, min_correlation)
     return [(int(q), int(r)) for q, r in pairs]

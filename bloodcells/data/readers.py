@@ -242,10 +242,8 @@ def list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def read_folder(
-    root: str | Path, class_names: tuple[str, ...] = CLASS_NAMES, image_size: int | None = None
-) -> ImageSet:
-    """An image tree ``root/<class>/*.jpg|png``; folder names must be the class names."""
+def folder_listing(root: str | Path, class_names: tuple[str, ...]) -> tuple[Path, list[Path], list[int]]:
+    """The image files of ``root/<class>/`` and their labels, checked (no decoding)."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: folder not found")
@@ -255,7 +253,7 @@ def read_folder(
         raise DataError(f"{root}: class folders {unknown} are not among the class names {list(class_names)}")
     if not folders:
         raise DataError(f"{root}: no class folders (expected {root}/<class>/*.jpg)")
-    arrays, paths, labels = [], [], []
+    paths, labels = [], []
     for folder in folders:
         files = list_images(folder)
         nested = [f for f in files if f.parent != folder]
@@ -266,12 +264,29 @@ def read_folder(
             )
         if not files:
             raise DataError(f"{folder}: class folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
-        label = class_names.index(folder.name)
-        for f in files:
-            arrays.append(load_image(f))
-            paths.append(f)
-            labels.append(label)
-    images = stack_images(arrays, paths, image_size)
+        paths += files
+        labels += [class_names.index(folder.name)] * len(files)
+    return root, paths, labels
+
+
+def read_folder(
+    root: str | Path,
+    class_names: tuple[str, ...] = CLASS_NAMES,
+    image_size: int | None = None,
+    cache_dir: str | None = None,
+) -> ImageSet:
+    """An image tree ``root/<class>/*.jpg|png``; folder names must be the class names.
+
+    With ``cache_dir``, the images are decoded once into a memory-mapped uint8 file there
+    (``bloodcells.data.image_cache``) and read from it by every later run and loader worker,
+    so a tree larger than memory trains; without, they are decoded into memory.
+    """
+    if cache_dir is not None:
+        from bloodcells.data.image_cache import cached_folder
+
+        return cached_folder(root, tuple(class_names), image_size, Path(cache_dir))
+    root, paths, labels = folder_listing(root, tuple(class_names))
+    images = stack_images([load_image(f) for f in paths], paths, image_size)
     sources = [str(p.relative_to(root)) for p in paths]
     return ImageSet(images, np.array(labels, dtype=np.int64), sources, tuple(class_names))
 

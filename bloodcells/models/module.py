@@ -169,7 +169,7 @@ class CellClassifier(pl.LightningModule):
         if isinstance(scheduler, StagedLR) and scheduler.interval == "step":
             batches = self.trainer.num_training_batches
             if math.isfinite(batches):
-                scheduler.steps_per_epoch = max(1, math.ceil(batches / self.trainer.accumulate_grad_batches))
+                scheduler.set_steps_per_epoch(math.ceil(batches / self.trainer.accumulate_grad_batches))
 
     def lr_scheduler_step(self, scheduler: StagedLR, metric: Any) -> None:
         scheduler.step(metric)

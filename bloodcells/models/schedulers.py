@@ -81,6 +81,15 @@ class StagedLR(LRScheduler):
         t = min(1.0, (epoch - self.warmup_epochs) / span)
         return self.min_factor + (1 - self.min_factor) * 0.5 * (1 + math.cos(math.pi * t))
 
+    def set_steps_per_epoch(self, steps: int) -> None:
+        """Set the epoch length once the loader is known, and redo the current LRs with it
+        (the first step's warmup LR depends on it)."""
+        self.steps_per_epoch = max(1, int(steps))
+        lrs = self.get_lr()
+        for group, lr in zip(self.optimizer.param_groups, lrs):
+            group["lr"] = lr
+        self._last_lr = lrs
+
     def epoch_at(self, step: int) -> float:
         return max(0, step) / self.steps_per_epoch
 

@@ -1,0 +1,145 @@
+"""Accuracy per CPU-minute: the time budget fits whole epochs and the cosine to the clock,
+the cosine steps every batch, channels_last changes the layout and not the numbers."""
+
+from __future__ import annotations
+
+import math
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+from bloodcells.callbacks import time_budget
+from bloodcells.callbacks.time_budget import TimeBudget
+from bloodcells.errors import ConfigError
+from bloodcells.instantiate import build_datamodule, build_model, build_trainer
+from bloodcells.models.finetune import FinetuneSchedule
+from bloodcells.models.schedulers import StagedLR
+from tests.conftest import compose_config
+
+FAST = ["model=tiny", "data.num_workers=0", "trainer.enable_progress_bar=false", "callbacks.tta_ensemble=null"]
+
+
+class StepLRs(pl.Callback):
+    """The head's LR at every training step, per epoch."""
+
+    def __init__(self) -> None:
+        self.lrs: list[list[float]] = []
+
+    def on_train_epoch_start(self, trainer, module) -> None:
+        self.lrs.append([])
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        self.lrs[-1].append(trainer.optimizers[0].param_groups[0]["lr"])
+
+
+class FakeClock:
+    """``perf_counter`` that advances ``step`` seconds per call: the first epoch 'takes' ``step``."""
+
+    def __init__(self, step: float) -> None:
+        self.now, self.step = 0.0, step
+
+    def perf_counter(self) -> float:
+        value, self.now = self.now, self.now + self.step
+        return value
+
+
+def fit(cfg, *callbacks):
+    pl.seed_everything(cfg.seed, workers=True)
+    datamodule, model = build_datamodule(cfg), build_model(cfg)
+    trainer = build_trainer(cfg)
+    trainer.callbacks.extend(callbacks)
+    trainer.fit(model, datamodule=datamodule)
+    return trainer, model
+
+
+def test_time_budget_fits_whole_epochs_and_the_cosine_to_the_budget(tmp_path, monkeypatch):
+    # the first epoch "takes" 100 s: a 5-minute budget holds 3 of the 10 epochs allowed
+    monkeypatch.setattr(time_budget, "time", FakeClock(100.0))
+    cfg = compose_config(
+        "train",
+        [*FAST, "trainer.max_epochs=10", "callbacks.time_budget.minutes=5", "callbacks.early_stopping=null"],
+        tmp_path,
+    )
+    recorder = StepLRs()
+    trainer, _ = fit(cfg, recorder)
+    assert trainer.current_epoch == 3 and len(recorder.lrs) == 3
+    budget = next(c for c in trainer.callbacks if isinstance(c, TimeBudget))
+    assert budget.epochs == 3
+    scheduler = trainer.lr_scheduler_configs[0].scheduler
+    assert scheduler.max_epochs == 3
+    # the cosine ends at the fitted end: the last step's LR is one step short of the floor
+    steps = len(recorder.lrs[0])
+    lr, floor = cfg.optim.lr, cfg.sched.min_factor
+    t_last = (3 * steps - 1) / (3 * steps)
+    expected = lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t_last)))
+    assert recorder.lrs[-1][-1] == pytest.approx(expected, rel=1e-6)
+    # the decision travels in the checkpoint
+    saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert any(state.get("epochs") == 3 for key, state in saved["callbacks"].items() if "TimeBudget" in key)
+
+
+def test_time_budget_never_raises_the_configured_max_epochs(tmp_path, monkeypatch):
+    monkeypatch.setattr(time_budget, "time", FakeClock(1.0))  # 1 s per epoch, 30 min budget
+    cfg = compose_config("train", [*FAST, "trainer.max_epochs=2", "callbacks.early_stopping=null"], tmp_path)
+    trainer, _ = fit(cfg)
+    assert trainer.current_epoch == 2
+
+
+@pytest.mark.parametrize("minutes", [0, -1, "x", True])
+def test_time_budget_rejects_a_bad_budget(minutes):
+    with pytest.raises(ConfigError, match="callbacks.time_budget.minutes"):
+        TimeBudget(minutes)
+
+
+def test_cosine_steps_every_batch_and_matches_the_epoch_value_at_each_epoch_start(tmp_path):
+    cfg = compose_config(
+        "train",
+        [*FAST, "trainer.max_epochs=3", "callbacks.time_budget=null", "callbacks.early_stopping=null"],
+        tmp_path,
+    )
+    recorder = StepLRs()
+    fit(cfg, recorder)
+    lr, floor = cfg.optim.lr, cfg.sched.min_factor
+    for epoch, lrs in enumerate(recorder.lrs):
+        assert len(lrs) > 2
+        assert all(a > b for a, b in zip(lrs, lrs[1:]))  # smooth within the epoch
+        at_start = lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * epoch / 3)))
+        assert lrs[0] == pytest.approx(at_start, rel=1e-6)
+
+
+def test_fractional_warmup_rises_linearly_over_its_steps():
+    schedule = FinetuneSchedule([{"epoch": 0, "unfreeze": "all"}], 1)
+    params = [torch.nn.Parameter(torch.zeros(1)) for _ in range(2)]
+    opt = torch.optim.SGD([{"params": [p]} for p in params], lr=1.0)
+    sched = StagedLR(
+        opt, schedule, decay="constant", warmup_epochs=0.5, interval="step", steps_per_epoch=1, max_epochs=2
+    )
+    sched.set_steps_per_epoch(10)  # as the module does once the loader is sized
+    lrs = [opt.param_groups[0]["lr"]]
+    for _ in range(7):
+        sched.step()
+        lrs.append(opt.param_groups[0]["lr"])
+    # half an epoch = 5 steps of warmup from one step's worth (1/6), then constant
+    assert lrs[:5] == pytest.approx([1 / 6, 2 / 6, 3 / 6, 4 / 6, 5 / 6])
+    assert lrs[5:] == pytest.approx([1.0, 1.0, 1.0])
+
+
+def test_plateau_refuses_per_step_interval():
+    schedule = FinetuneSchedule([{"epoch": 0, "unfreeze": "all"}], 1)
+    opt = torch.optim.SGD([{"params": [torch.nn.Parameter(torch.zeros(1))]} for _ in range(2)], lr=1.0)
+    with pytest.raises(ConfigError, match="sched.interval=epoch"):
+        StagedLR(opt, schedule, decay="plateau", interval="step")
+
+
+def test_channels_last_changes_the_layout_not_the_logits(tmp_path):
+    from tests.conftest import tiny_classifier
+
+    nhwc = tiny_classifier(32, channels_last=True).eval()
+    nchw = tiny_classifier(32, channels_last=False).eval()
+    nchw.load_state_dict(nhwc.state_dict())
+    conv = next(m for m in nhwc.backbone.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) and conv.weight.shape[-1] > 1
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    with torch.no_grad():
+        torch.testing.assert_close(nhwc(images), nchw(images), rtol=1e-4, atol=1e-5)
