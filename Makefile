@@ -23,8 +23,8 @@ test-fast: install  ## inner loop: skips the tests that train for several epochs
 	$(PY) -m pytest -q -m "not slow"
 
 lint: install
-	$(PY) -m ruff check bloodcells tests bench
-	$(PY) -m ruff format --check bloodcells tests bench
+	$(PY) -m ruff check bloodcells hydra_plugins tests bench
+	$(PY) -m ruff format --check bloodcells hydra_plugins tests bench
 
 clean:
 	rm -rf outputs/*/ .pytest_cache

@@ -134,7 +134,9 @@ def main() -> None:
     for _ in range(args.rounds):
         rates["plain_tensor"].append(n / plain_tensor_loop(images, labels, batch, args.warmup, args.steps))
         model = copy.deepcopy(initial)
-        rates["plain_loader"].append(n / plain_loader_loop(model, datamodule.train_dataloader(), args.warmup, args.steps))
+        rates["plain_loader"].append(
+            n / plain_loader_loop(model, datamodule.train_dataloader(), args.warmup, args.steps)
+        )
         model = copy.deepcopy(initial)
         rates["framework"].append(n / framework_loop(model, datamodule, cfg, args.warmup, args.steps, run_dir))
         print("round: " + ", ".join(f"{k} {v[-1]:.1f} img/s" for k, v in rates.items()), flush=True)

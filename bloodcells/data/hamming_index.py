@@ -44,9 +44,7 @@ def plan(n_query: int, n_entries: int, threshold: int) -> tuple[int, int]:
     smallest = math.ceil(BITS / MAX_CHUNK_BITS)  # direct-addressed tables need chunks <= 24 bits
     for m in range(smallest, max(smallest, threshold + 1) + 1):
         q = (threshold + 1 + m - 1) // m - 1  # smallest q with m * (q + 1) > threshold
-        cost = sum(
-            sum(math.comb(w, k) for k in range(q + 1)) * (1 + n_entries / 2**w) for _, w in chunk_bounds(m)
-        )
+        cost = sum(sum(math.comb(w, k) for k in range(q + 1)) * (1 + n_entries / 2**w) for _, w in chunk_bounds(m))
         if best is None or cost < best[0]:
             best = (cost, m, q)
     return best[1], best[2]

@@ -55,7 +55,9 @@ class StagedLR(LRScheduler):
         if interval not in ("step", "epoch"):
             raise ConfigError(f"sched.interval={interval!r} is not allowed; choose step or epoch")
         if decay == "plateau" and interval == "step":
-            raise ConfigError("sched.decay=plateau steps once per epoch (on the validation metric): use sched.interval=epoch")
+            raise ConfigError(
+                "sched.decay=plateau steps once per epoch (on the validation metric): use sched.interval=epoch"
+            )
         self.interval = interval
         """How often Lightning steps it: ``step`` (every optimizer step) or ``epoch``."""
         self.steps_per_epoch = steps_per_epoch if interval == "step" else 1

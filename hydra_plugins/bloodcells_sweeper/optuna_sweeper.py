@@ -54,13 +54,13 @@ class OptunaSweeper(Sweeper):
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         done = len(study.trials)
         if done:
-            log.info("study %r in %s: %d trials done, %d to go", self.study_name, self.storage, done, self.n_trials - done)
+            log.info(
+                "study %r in %s: %d trials done, %d to go", self.study_name, self.storage, done, self.n_trials - done
+            )
         returns = []
         while len(study.trials) < self.n_trials:
             trials = [study.ask() for _ in range(min(self.n_jobs, self.n_trials - len(study.trials)))]
-            batch = [
-                [*arguments, *fixed, *trial_overrides(t, space, self.storage, self.study_name)] for t in trials
-            ]
+            batch = [[*arguments, *fixed, *trial_overrides(t, space, self.storage, self.study_name)] for t in trials]
             results = self.launcher.launch(batch, initial_job_idx=trials[0].number)
             for trial, result in zip(trials, results):
                 outcome, value = job_outcome(result)
@@ -73,5 +73,8 @@ class OptunaSweeper(Sweeper):
             returns.append(results)
         best = write_best(study, sweep_dir, fixed, arguments)
         if best is not None:
-            print(f"Best trial {study.best_trial.number}: {study.best_value:.4f} -> {best} and {best.with_name('best_overrides.txt')}")
+            print(
+                f"Best trial {study.best_trial.number}: {study.best_value:.4f}; "
+                f"{best} and {best.with_name('best_overrides.txt')}"
+            )
         return returns
