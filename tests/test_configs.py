@@ -39,6 +39,9 @@ def test_every_group_option_composes(option: str, tmp_path: Path) -> None:
     if group == "classes":  # a global package: it sets the top-level class_names
         assert list(cfg.class_names) == list(OmegaConf.load(Path(CONFIG_DIR) / group / f"{name}.yaml").class_names)
         return
+    if group == "hparams_search":  # a global package: its callback and task name reach the run
+        assert cfg.task_name == f"search_{name}" and cfg.callbacks.optuna_pruning.trial is None
+        return
     if group in ("experiment", "hydra"):  # hydra: consumed by Hydra before the run sees it
         assert cfg.task_name == (name if group == "experiment" else "train")
         return
