@@ -33,15 +33,19 @@ class StepLRs(pl.Callback):
         self.lrs[-1].append(trainer.optimizers[0].param_groups[0]["lr"])
 
 
-class FakeClock:
-    """``perf_counter`` that advances ``step`` seconds per call: the first epoch 'takes' ``step``."""
+class FakeClock(pl.Callback):
+    """``perf_counter`` that stands still except at each epoch's first batch, where it jumps
+    by that epoch's duration: epoch ``e`` 'takes' ``seconds[min(e, -1)]``."""
 
-    def __init__(self, step: float) -> None:
-        self.now, self.step = 0.0, step
+    def __init__(self, *seconds: float) -> None:
+        self.now, self.seconds = 0.0, seconds
 
     def perf_counter(self) -> float:
-        value, self.now = self.now, self.now + self.step
-        return value
+        return self.now
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        if batch_idx == 0:
+            self.now += self.seconds[min(trainer.current_epoch, len(self.seconds) - 1)]
 
 
 def fit(cfg, *callbacks):
@@ -55,14 +59,15 @@ def fit(cfg, *callbacks):
 
 def test_time_budget_fits_whole_epochs_and_the_cosine_to_the_budget(tmp_path, monkeypatch):
     # the first epoch "takes" 100 s: a 5-minute budget holds 3 of the 10 epochs allowed
-    monkeypatch.setattr(time_budget, "time", FakeClock(100.0))
+    clock = FakeClock(100.0)
+    monkeypatch.setattr(time_budget, "time", clock)
     cfg = compose_config(
         "train",
         [*FAST, "trainer.max_epochs=10", "callbacks.time_budget.minutes=5", "callbacks.early_stopping=null"],
         tmp_path,
     )
     recorder = StepLRs()
-    trainer, _ = fit(cfg, recorder)
+    trainer, _ = fit(cfg, recorder, clock)
     assert trainer.current_epoch == 3 and len(recorder.lrs) == 3
     budget = next(c for c in trainer.callbacks if isinstance(c, TimeBudget))
     assert budget.epochs == 3
@@ -80,10 +85,29 @@ def test_time_budget_fits_whole_epochs_and_the_cosine_to_the_budget(tmp_path, mo
 
 
 def test_time_budget_never_raises_the_configured_max_epochs(tmp_path, monkeypatch):
-    monkeypatch.setattr(time_budget, "time", FakeClock(1.0))  # 1 s per epoch, 30 min budget
+    clock = FakeClock(1.0)  # 1 s per epoch, 30 min budget
+    monkeypatch.setattr(time_budget, "time", clock)
     cfg = compose_config("train", [*FAST, "trainer.max_epochs=2", "callbacks.early_stopping=null"], tmp_path)
-    trainer, _ = fit(cfg)
+    trainer, _ = fit(cfg, clock)
     assert trainer.current_epoch == 2
+
+
+def test_time_budget_refits_when_unfreezing_makes_epochs_slower(tmp_path, monkeypatch):
+    # frozen epochs 0-1 take 100 s, unfrozen ones 200 s; 10 minutes. Timed on epoch 0 alone,
+    # 6 epochs would fit (1,000 s); timed again at the unfreeze (epoch 2), 400 s are spent
+    # and one more 200-s epoch fits: 4 epochs, 600 s.
+    clock = FakeClock(100.0, 100.0, 200.0)
+    monkeypatch.setattr(time_budget, "time", clock)
+    stages = "finetune.stages=[{epoch:0,unfreeze:0},{epoch:2,unfreeze:all,lr_factor:0.1}]"
+    cfg = compose_config(
+        "train",
+        [*FAST, "finetune=staged", stages, "trainer.max_epochs=10", "callbacks.time_budget.minutes=10",
+         "callbacks.early_stopping=null"],
+        tmp_path,
+    )
+    trainer, _ = fit(cfg, clock)
+    assert trainer.current_epoch == 4 and clock.now == 600.0
+    assert trainer.lr_scheduler_configs[0].scheduler.max_epochs == 4
 
 
 @pytest.mark.parametrize("minutes", [0, -1, "x", True])
