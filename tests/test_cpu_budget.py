@@ -101,8 +101,14 @@ def test_time_budget_refits_when_unfreezing_makes_epochs_slower(tmp_path, monkey
     stages = "finetune.stages=[{epoch:0,unfreeze:0},{epoch:2,unfreeze:all,lr_factor:0.1}]"
     cfg = compose_config(
         "train",
-        [*FAST, "finetune=staged", stages, "trainer.max_epochs=10", "callbacks.time_budget.minutes=10",
-         "callbacks.early_stopping=null"],
+        [
+            *FAST,
+            "finetune=staged",
+            stages,
+            "trainer.max_epochs=10",
+            "callbacks.time_budget.minutes=10",
+            "callbacks.early_stopping=null",
+        ],
         tmp_path,
     )
     trainer, _ = fit(cfg, clock)
