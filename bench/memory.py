@@ -3,9 +3,10 @@
 The data: pbc96's images repeated ``--copies`` times into one ``.npy`` (``data=npy``), so the
 pixels outweigh the framework's own footprint. Each run is the CLI (tiny model, a few
 batches); /proc is sampled every 0.1 s over the run's whole process tree (main + loader
-workers). Reported: the peak of the summed private (anonymous) memory, which is what each
-process holds of its own, and of the summed RSS (which also counts the shared file pages
-of the map once per process that touched them).
+workers). Reported, summed over the tree: the peak PSS of anonymous memory (heap: what
+the run holds and cannot give back; pages shared copy-on-write with forked workers counted
+once, split between the sharers) and of all memory (anonymous + the mapped file's page
+cache, also counted once; the kernel can drop those file pages under pressure).
 
     python bench/memory.py [--copies 4]
 """
@@ -25,14 +26,17 @@ from common import emit, pbc96_cache
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def status_kb(pid: int, field: str) -> int:
+def rollup_kb(pid: int) -> dict[str, int]:
+    """``Pss`` and ``Pss_Anon`` of one process (``/proc/PID/smaps_rollup``); zeros once it is gone."""
+    values = {"Pss": 0, "Pss_Anon": 0}
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            key = line.split(":")[0]
+            if key in values:
+                values[key] = int(line.split()[1])
     except (FileNotFoundError, ProcessLookupError):
         pass
-    return 0
+    return values
 
 
 def tree(pid: int) -> list[int]:
@@ -50,15 +54,15 @@ def tree(pid: int) -> list[int]:
 
 def peak_memory(cmd: list[str]) -> dict:
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    peak_anon = peak_rss = 0
+    peak_anon = peak_all = 0
     while proc.poll() is None:
-        pids = tree(proc.pid)
-        peak_anon = max(peak_anon, sum(status_kb(p, "RssAnon") for p in pids))
-        peak_rss = max(peak_rss, sum(status_kb(p, "VmRSS") for p in pids))
+        rollups = [rollup_kb(p) for p in tree(proc.pid)]
+        peak_anon = max(peak_anon, sum(r["Pss_Anon"] for r in rollups))
+        peak_all = max(peak_all, sum(r["Pss"] for r in rollups))
         time.sleep(0.1)
     if proc.returncode != 0:
         raise SystemExit(proc.stderr.read()[-3000:])
-    return {"peak_private_mb": round(peak_anon / 1024), "peak_rss_sum_mb": round(peak_rss / 1024)}
+    return {"peak_anon_pss_mb": round(peak_anon / 1024), "peak_pss_mb": round(peak_all / 1024)}
 
 
 def main() -> None:
@@ -106,7 +110,7 @@ def main() -> None:
             "pixels_gb": round(gb, 2),
             "workers": 2,
             "results": rows,
-            "private_ratio_in_memory_vs_mapped": round(rows[0]["peak_private_mb"] / rows[1]["peak_private_mb"], 2),
+            "anon_ratio_in_memory_vs_mapped": round(rows[0]["peak_anon_pss_mb"] / rows[1]["peak_anon_pss_mb"], 2),
         }
     )
 
