@@ -29,10 +29,12 @@ ROOT = Path(__file__).resolve().parents[2] / "shared/data/pbc96/train"
 def synthetic(n: int, rng: np.random.Generator) -> np.ndarray:
     hashes = rng.integers(0, 2**64, size=(n, 8), dtype=np.uint64)
     copies = rng.choice(n, size=n // 100, replace=False)
-    for i in copies:  # item i's identity = a variant of another item, 0-8 bits flipped
-        j, v = rng.integers(0, n), rng.integers(0, 8)
+    for i in copies:  # item i's identity = another item's identity with 0-8 bits flipped
+        # (identity only: random variants are no dihedral group, so a copy of variant v != 0
+        # would be a pair only in one direction)
+        j = rng.integers(0, n)
         flips = rng.choice(64, size=rng.integers(0, 9), replace=False)
-        hashes[i, 0] = hashes[j, v] ^ np.uint64(sum(1 << int(b) for b in flips))
+        hashes[i, 0] = hashes[j, 0] ^ np.uint64(sum(1 << int(b) for b in flips))
     return hashes
 
 

@@ -181,7 +181,9 @@ def test_multi_index_finds_exactly_the_all_pairs_answer_on_the_sample_and_random
     for hashes in (real, random):
         for threshold in (0, 5, 8, 12):
             exact = hamming_pairs(hashes, hashes, threshold)
-            assert np.array_equal(HammingIndex(hashes, threshold).pairs(hashes), exact)
+            index = HammingIndex(hashes, threshold)
+            assert np.array_equal(index.pairs(hashes), exact)
+            assert np.array_equal(index.pairs(hashes, block=257), exact)  # pairs across query blocks
     assert len(hamming_pairs(random, random, 5)) >= 1500  # the planted pairs are there to find
     query, reference = real[:100], real[100:]  # two sets (the audit of a test set against train)
     assert np.array_equal(
