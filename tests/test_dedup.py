@@ -152,7 +152,11 @@ def test_datamodule_cleans_once_then_reuses_the_cache(sample, tmp_path, monkeypa
 
     first = make()
     first.setup()
-    assert len(first.data) == planted.n_clean
+    kept, splits = first.splits["all"], [first.splits[k] for k in ("train", "val", "test")]
+    assert len(kept) == planted.n_clean and len(first.data) == len(planted.images)  # indexed, not copied
+    assert np.array_equal(np.sort(np.concatenate(splits)), kept)  # removed images are in no split
+    _, label, index = first.dataset("val")[0]
+    assert label == planted.labels[index] and index in kept
     assert len(list((tmp_path / "cache").glob("clean-*.json"))) == 1
 
     def fail(*args, **kwargs):

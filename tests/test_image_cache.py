@@ -48,6 +48,26 @@ def test_cached_folder_gives_bit_identical_batches_and_is_decoded_once(tmp_path,
     assert np.array_equal(np.asarray(again.data.images), np.asarray(mapped.data.images))
 
 
+def test_cleaning_a_mapped_set_keeps_it_mapped_and_splits_as_in_memory(tmp_path):
+    from shutil import copy, copytree
+
+    root = copytree(SAMPLE_DIR, tmp_path / "tree")
+    original = sorted((root / "basophil").iterdir())[0]
+    copy(original, original.with_name("copy_" + original.name))  # an exact duplicate to remove
+
+    def cleaned(cache_dir):
+        overrides = ["data=folder", f"data.reader.root={root}", f"data.reader.cache_dir={cache_dir}", "data.clean=true"]
+        dm = build_datamodule(compose_config("train", overrides, tmp_path))
+        dm.setup()
+        return dm
+
+    in_memory, mapped = cleaned("null"), cleaned(tmp_path / "cache")
+    assert isinstance(mapped.data.images, np.memmap)  # cleaning indexes the map, never copies it
+    assert len(mapped.splits["all"]) < len(mapped.data)  # the duplicate was removed
+    for split in ("train", "val", "test", "all"):
+        assert np.array_equal(in_memory.splits[split], mapped.splits[split])
+
+
 def test_a_changed_file_builds_a_new_cache(tmp_path):
     from shutil import copytree
 

@@ -309,14 +309,14 @@ def test_keep_one_keeps_the_clean_original_not_its_tinted_or_blurred_copy():
 def test_a_corrupt_cleaning_cache_is_recomputed_with_a_warning(tmp_path, make_images, caplog):
     data = ImageSet(make_images(20, 32), np.arange(20) % 8, [str(i) for i in range(20)])
     data.images[5], data.labels[5] = data.images[4], data.labels[4]  # a same-label copy: one is dropped
-    _, groups, _ = apply_cleaning(data, {}, str(tmp_path))
+    _, kept, groups, _ = apply_cleaning(data, {}, str(tmp_path))
     cache = next(tmp_path.glob("clean-*.json"))
     assert [p.name for p in tmp_path.iterdir()] == [cache.name]  # no temp file left behind
     cache.write_text(cache.read_text()[:40])  # a crash mid-write, as the old code could leave
     with caplog.at_level(logging.WARNING):
-        again, groups_again, _ = apply_cleaning(data, {}, str(tmp_path))
+        _, kept_again, groups_again, _ = apply_cleaning(data, {}, str(tmp_path))
     assert "is corrupt" in caplog.text and "recomputing" in caplog.text
-    assert np.array_equal(groups, groups_again) and len(again) == 19
+    assert np.array_equal(groups, groups_again) and np.array_equal(kept, kept_again) and len(kept) == 19
     assert json.loads(cache.read_text())["removed"] == [5]
 
 

@@ -70,7 +70,7 @@ class TimeBudget(pl.Callback):
             "time budget %g min: %s took %.0f s -> %d epochs (limited by %s). "
             "To repeat this run without the clock: trainer.max_epochs=%d callbacks.time_budget=null",
             self.minutes,
-            "the first epoch" if first else f"epoch {epoch} (a new fine-tuning stage)",
+            "the first epoch" if first else f"epoch {epoch + 1} (the first of a new fine-tuning stage)",
             seconds,
             self.epochs,
             why,

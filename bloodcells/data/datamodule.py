@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -40,9 +41,15 @@ def read_cache(path: Path) -> dict | None:
     return decided
 
 
-def apply_cleaning(data: ImageSet, options: dict, cache_dir: str | None) -> tuple[ImageSet, np.ndarray, dict]:
-    """Run (or reuse) the cleaning of ``bloodcells.clean`` and return the kept data, its
-    near-duplicate group ids (the split keeps each group on one side) and the counts."""
+def apply_cleaning(
+    data: ImageSet, options: dict, cache_dir: str | None
+) -> tuple[ImageSet, np.ndarray, np.ndarray, dict]:
+    """Run (or reuse) the cleaning of ``bloodcells.clean``.
+
+    Returns the data with corrected labels (the same image array: a memory-mapped set stays
+    mapped, never copied), the indices kept, every image's near-duplicate group id (the split
+    keeps each group on one side) and the counts.
+    """
     cached = None
     if cache_dir:
         key = hashlib.blake2b(digest_size=16)
@@ -69,10 +76,11 @@ def apply_cleaning(data: ImageSet, options: dict, cache_dir: str | None) -> tupl
         len(data),
         decided["counts"].get("groups_by_decision"),
     )
+    labels = data.labels.copy()
     for index, label in decided["relabelled"].items():
-        data.labels[int(index)] = label
+        labels[int(index)] = label
     keep = np.setdiff1d(np.arange(len(data)), decided["removed"])
-    return data.subset(keep), np.asarray(decided["group_of"])[keep], decided["counts"]
+    return dataclasses.replace(data, labels=labels), keep, np.asarray(decided["group_of"]), decided["counts"]
 
 
 def data_source(reader: Callable[..., ImageSet]) -> dict[str, str]:
@@ -150,6 +158,7 @@ class BloodCellDataModule(pl.LightningDataModule):
         self.num_workers, self.pin_memory = num_workers, pin_memory
         self.sampler, self.seed = sampler, seed
         self.clean, self.clean_options, self.cache_dir = clean, dict(clean_options or {}), cache_dir
+        self.kept: np.ndarray | None = None
         self.groups: np.ndarray | None = None
         self.cleaning_counts: dict = {}
         self.data: ImageSet | None = None
@@ -173,7 +182,9 @@ class BloodCellDataModule(pl.LightningDataModule):
             return
         data = self.reader(class_names=self.class_names)
         if self.clean:
-            data, self.groups, self.cleaning_counts = apply_cleaning(data, self.clean_options, self.cache_dir)
+            data, self.kept, self.groups, self.cleaning_counts = apply_cleaning(
+                data, self.clean_options, self.cache_dir
+            )
         if data.images.shape[1:3] != (self.image_size, self.image_size):
             log.warning(
                 "%s: images are %dx%d; the pipeline resizes them to data.image_size=%d",
@@ -185,19 +196,23 @@ class BloodCellDataModule(pl.LightningDataModule):
         self.data = data
         self.splits = self.make_splits(self.data)
         sizes = {k: len(v) for k, v in self.splits.items()}
-        log.info("%d images, split %s", len(self.data), sizes)
+        log.info("%d images, split %s", len(self.splits["all"]), sizes)
 
     def make_splits(self, data: ImageSet) -> dict[str, np.ndarray]:
-        """train/val/test (stratified, or the data's own), plus 'all' for external test sets."""
+        """train/val/test (stratified, or the data's own), plus 'all' for external test sets:
+        indices into ``data`` among the images cleaning kept."""
+        kept = np.arange(len(data)) if self.kept is None else self.kept
         if self.use_data_split:
             if data.split is None:
                 raise ConfigError(
                     f"data.use_data_split=true, but {self.source_name} brings no split (only MedMNIST npz does)"
                 )
-            splits = {s: np.flatnonzero(data.split == s) for s in ("train", "val", "test")}
+            splits = {s: kept[data.split[kept] == s] for s in ("train", "val", "test")}
         else:
-            splits = stratified_split(data.labels, self.val_fraction, self.test_fraction, self.split_seed, self.groups)
-        return {**splits, "all": np.arange(len(data))}
+            groups = None if self.groups is None else self.groups[kept]
+            within = stratified_split(data.labels[kept], self.val_fraction, self.test_fraction, self.split_seed, groups)
+            splits = {s: kept[index] for s, index in within.items()}
+        return {**splits, "all": kept}
 
     def train_class_counts(self) -> np.ndarray:
         self.setup()
@@ -213,7 +228,7 @@ class BloodCellDataModule(pl.LightningDataModule):
                 else "raise data.val_fraction / data.test_fraction or add images"
             )
             raise DataError(
-                f"{self.source_name}: the '{split}' split is empty ({len(self.data)} images in all); {hint}"
+                f"{self.source_name}: the '{split}' split is empty ({len(self.splits['all'])} images in all); {hint}"
             )
         pipeline = self.train_pipeline if train else self.eval_pipeline
         return ImageArrayDataset(self.data.images, self.data.labels, index, pipeline)
