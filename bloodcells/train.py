@@ -57,6 +57,19 @@ def test_results(trainer: pl.Trainer, model: pl.LightningModule, datamodule) -> 
     return results, [], ranked[0] if ranked else "the last weights", member
 
 
+def stopped_by_sigterm(trainer: pl.Trainer, err: BaseException) -> bool:
+    """Whether ``fit`` ended because the job got SIGTERM.
+
+    A scheduler signals every process of the job, so loader workers die too and the loader
+    raises "DataLoader worker ... killed by signal: Terminated" (or "exited unexpectedly"),
+    possibly before Lightning's SIGTERM handler has recorded the signal. A worker killed by
+    SIGTERM is itself the evidence. See also ``datamodule.SignalSafeLoader``.
+    """
+    if isinstance(err, SIGTERMException) or trainer.received_sigterm:
+        return True
+    return isinstance(err, RuntimeError) and "killed by signal: Terminated" in str(err)
+
+
 def train(cfg: DictConfig) -> dict:
     """Fit, test the best checkpoint, write the reports; returns the test metrics.
 
@@ -76,9 +89,7 @@ def train(cfg: DictConfig) -> dict:
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     except (SIGTERMException, RuntimeError) as err:
-        # a scheduler signals every process of the job: loader workers die first and the
-        # loader raises RuntimeError, but the trainer has seen the SIGTERM too
-        if isinstance(err, RuntimeError) and not trainer.received_sigterm:
+        if not stopped_by_sigterm(trainer, err):
             raise
         raise Stopped(
             f"stopped by SIGTERM in epoch {trainer.current_epoch}; the last finished epoch is in "

@@ -323,6 +323,32 @@ def test_a_corrupt_cleaning_cache_is_recomputed_with_a_warning(tmp_path, make_im
 # --- 10. SIGTERM ---------------------------------------------------------------------------------
 
 
+def test_a_loader_worker_killed_by_sigterm_counts_as_the_job_being_stopped():
+    from types import SimpleNamespace
+
+    from bloodcells.train import stopped_by_sigterm
+
+    not_yet = SimpleNamespace(received_sigterm=False)  # torch raised before Lightning saw the signal
+    assert stopped_by_sigterm(not_yet, RuntimeError("DataLoader worker (pid 7) is killed by signal: Terminated. "))
+    assert not stopped_by_sigterm(not_yet, RuntimeError("DataLoader worker (pid 7) is killed by signal: Killed. "))
+    assert not stopped_by_sigterm(not_yet, RuntimeError("CUDA out of memory"))
+    assert stopped_by_sigterm(SimpleNamespace(received_sigterm=True), RuntimeError("worker exited unexpectedly"))
+
+
+def test_only_a_worker_death_by_sigterm_is_kept_from_raising_asynchronously():
+    from bloodcells.data.datamodule import quiet_on_sigterm
+
+    def torch_handler(message):
+        def handler(signum, frame):
+            raise RuntimeError(message)
+
+        return handler
+
+    quiet_on_sigterm(torch_handler("DataLoader worker (pid 7) is killed by signal: Terminated. "))(17, None)
+    with pytest.raises(RuntimeError, match="Killed"):  # e.g. the OOM killer: still raised at once
+        quiet_on_sigterm(torch_handler("DataLoader worker (pid 7) is killed by signal: Killed. "))(17, None)
+
+
 @pytest.mark.slow
 def test_sigterm_stops_training_with_a_non_zero_exit(tmp_path):
     cmd = [
