@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 from bloodcells.callbacks.tta_ensemble import TTAEnsembleCallback, monitored_checkpoint, ranked_checkpoints
 from bloodcells.checkpoints import load_classifier
 from bloodcells.config import CONFIG_DIR, user_errors
+from bloodcells.data.worker_signals import died_of_sigterm
 from bloodcells.ensembling import FITTED_ON
 from bloodcells.errors import Stopped
 from bloodcells.instantiate import build_datamodule, build_model, build_trainer
@@ -61,13 +62,10 @@ def stopped_by_sigterm(trainer: pl.Trainer, err: BaseException) -> bool:
     """Whether ``fit`` ended because the job got SIGTERM.
 
     A scheduler signals every process of the job, so loader workers die too and the loader
-    raises "DataLoader worker ... killed by signal: Terminated" (or "exited unexpectedly"),
-    possibly before Lightning's SIGTERM handler has recorded the signal. A worker killed by
-    SIGTERM is itself the evidence. See also ``datamodule.SignalSafeLoader``.
+    raises RuntimeError, possibly before Lightning's SIGTERM handler has recorded the signal.
+    A worker killed by SIGTERM is itself the evidence (see ``data.worker_signals``).
     """
-    if isinstance(err, SIGTERMException) or trainer.received_sigterm:
-        return True
-    return isinstance(err, RuntimeError) and "killed by signal: Terminated" in str(err)
+    return isinstance(err, SIGTERMException) or trainer.received_sigterm or died_of_sigterm(err)
 
 
 def train(cfg: DictConfig) -> dict:

@@ -6,8 +6,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import signal
-import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -22,6 +20,7 @@ from bloodcells.data.readers import ImageSet
 from bloodcells.data.sampling import EpochSampler
 from bloodcells.data.split import stratified_split
 from bloodcells.data.transforms import build_pipeline, to_tensor
+from bloodcells.data.worker_signals import SignalSafeLoader
 from bloodcells.errors import ConfigError, DataError, check_choice, check_positive
 from bloodcells.files import replace_atomically
 
@@ -114,41 +113,6 @@ class ImageArrayDataset(Dataset):
         j = self.index[key]
         image = self.pipeline(image=self.images[j])["image"]
         return to_tensor(image), int(self.labels[j]), int(j)
-
-
-def quiet_on_sigterm(handler: Callable) -> Callable:
-    """A SIGCHLD handler that lets a loader worker die of SIGTERM without raising.
-
-    torch's handler raises "DataLoader worker ... killed by signal: Terminated" wherever the
-    main thread is when the worker dies: inside a log call, a weakref callback or Lightning's
-    own SIGTERM handler, which then prints stray tracebacks. When a scheduler stops the job,
-    the trainer stops on its SIGTERM and the loader still reports the dead worker when next
-    read; any other worker death still raises at once.
-    """
-
-    def on_sigchld(signum: int, frame: object) -> None:
-        try:
-            handler(signum, frame)
-        except RuntimeError as err:
-            if "killed by signal: Terminated" not in str(err):
-                raise
-
-    on_sigchld.quiet_on_sigterm = True
-    return on_sigchld
-
-
-class SignalSafeLoader(DataLoader):
-    """A DataLoader whose workers' SIGTERM deaths surface where the loader is read, not
-    asynchronously: torch installs its SIGCHLD handler with the first worker iterator, so
-    the handler is wrapped right after."""
-
-    def _get_iterator(self):
-        iterator = super()._get_iterator()
-        current = signal.getsignal(signal.SIGCHLD) if hasattr(signal, "SIGCHLD") else None
-        if callable(current) and not getattr(current, "quiet_on_sigterm", False):
-            if threading.current_thread() is threading.main_thread():
-                signal.signal(signal.SIGCHLD, quiet_on_sigterm(current))
-        return iterator
 
 
 def array_loader(images: np.ndarray, batch_size: int) -> DataLoader:

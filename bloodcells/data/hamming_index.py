@@ -3,10 +3,11 @@
 The 64-bit hash is cut into ``m`` chunks. If two hashes differ in at most ``r`` bits, some
 chunk differs in at most ``q`` bits whenever ``m * (q + 1) > r`` (pigeonhole), so probing
 each chunk's table with every value within ``q`` bits of the query's chunk finds every true
-pair; each probed entry (one variant of one item) is then checked on the full hash. The answer is exactly the all-pairs
-answer (``dedup.hamming_pairs``), only the work differs: about ``N * probes * (1 + 8N / 2^bits)``
-instead of ``8 N^2`` (8 dihedral variants). Tables are direct-addressed (chunks of at most
-24 bits: one offset array, no hashing), and queries go in blocks, so memory stays bounded.
+pair; each probed entry (one variant of one item) is then checked on the full hash. The
+answer is exactly the all-pairs answer (``dedup.hamming_pairs``), only the work differs:
+about ``N * probes * (1 + 8N / 2^bits)`` instead of ``8 N^2`` (8 dihedral variants). Tables
+are direct-addressed (chunks of at most 24 bits: one offset array, no hashing), and queries
+go in blocks, so memory stays bounded.
 
 Already faster than all-pairs on pbc96's 14k hashes; ``m`` and ``q`` are chosen by that cost.
 Real pHashes are not uniform (some chunk values are common), so real data gets more
@@ -38,7 +39,7 @@ def chunk_bounds(m: int) -> list[tuple[int, int]]:
     return [(int(a), int(b - a)) for a, b in zip(edges[:-1], edges[1:])]
 
 
-def plan(n_query: int, n_entries: int, threshold: int) -> tuple[int, int, float]:
+def plan(n_entries: int, threshold: int) -> tuple[int, int, float]:
     """(chunks m, per-chunk radius q, probed entries per query) with the least estimated
     work for uniform hashes."""
     best = None
@@ -58,11 +59,11 @@ class HammingIndex:
         self.reference = np.ascontiguousarray(reference, dtype=np.uint64)
         self.n, self.variants = self.reference.shape
         self.threshold = threshold
-        flat = self.reference.ravel()
-        self.m, self.q, self.entries_per_query = plan(len(flat) // max(1, self.variants), len(flat), threshold)
+        self.flat = self.reference.ravel()  # entry e = variant e % V of item e // V
+        self.m, self.q, self.entries_per_query = plan(len(self.flat), threshold)
         self.tables = []
         for shift, width in chunk_bounds(self.m):
-            keys = ((flat >> np.uint64(shift)) & np.uint64((1 << width) - 1)).astype(np.int64)
+            keys = ((self.flat >> np.uint64(shift)) & np.uint64((1 << width) - 1)).astype(np.int64)
             order = np.argsort(keys, kind="stable").astype(np.int64)
             starts = np.zeros(2**width + 1, dtype=np.int64)
             np.cumsum(np.bincount(keys, minlength=2**width), out=starts[1:])
@@ -77,7 +78,6 @@ class HammingIndex:
         probed. It also avoids sorting the millions of chance candidates and gathering all 8
         variants of each (the cost of the first version of this index at 1M hashes).
         """
-        flat = self.reference.ravel()
         found = []
         for shift, width, order, starts, masks in self.tables:
             keys = ((query >> np.uint64(shift)) & np.uint64((1 << width) - 1)).astype(np.int64)
@@ -90,7 +90,7 @@ class HammingIndex:
             rows = np.repeat(np.repeat(np.arange(len(query)), len(masks)), counts)
             offsets = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
             entries = order[np.repeat(lo, counts) + offsets]
-            near = np.bitwise_count(query[rows] ^ flat[entries]) <= self.threshold
+            near = np.bitwise_count(query[rows] ^ self.flat[entries]) <= self.threshold
             rows, items = rows[near], entries[near] // self.variants
             if same_set:
                 keep = rows + start < items

@@ -41,16 +41,6 @@ class ImageSet:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def subset(self, idx: np.ndarray) -> ImageSet:
-        idx = np.asarray(idx, dtype=np.int64)
-        return ImageSet(
-            images=self.images[idx],
-            labels=self.labels[idx],
-            sources=[self.sources[i] for i in idx],
-            class_names=self.class_names,
-            split=None if self.split is None else self.split[idx],
-        )
-
 
 def to_rgb(images: np.ndarray, where: str) -> np.ndarray:
     """Return N x H x W x 3 uint8, converting grayscale and RGBA (see module docstring)."""
