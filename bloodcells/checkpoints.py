@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import argparse
 import pickle
+import sys
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from bloodcells.errors import CheckpointError, ConfigError
+from bloodcells.errors import CheckpointError, ConfigError, UserError
 from bloodcells.files import replace_atomically
+from bloodcells.models.hparams import migrate_hparams
 from bloodcells.models.module import CellClassifier, to_plain
+from bloodcells.stored import DATA_RECORD, check_calibration, check_data_record
 
 UPGRADE_HINT = "python -m bloodcells.checkpoints upgrade {path}"
 
@@ -57,14 +60,35 @@ def safe_load(ckpt_path: object, option: str = "ckpt_path") -> dict[str, Any]:
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         keys = sorted(checkpoint)[:6] if isinstance(checkpoint, dict) else type(checkpoint).__name__
         raise CheckpointError(f"{path}: not a Lightning checkpoint (no 'state_dict'; found {keys})")
-    if "backbone" not in checkpoint.get("hyper_parameters", {}):
+    hparams = checkpoint.get("hyper_parameters")
+    if not isinstance(hparams, dict) or "backbone" not in hparams:
         raise CheckpointError(f"{path}: not a bloodcells checkpoint (its hyperparameters name no backbone)")
+    checkpoint["hyper_parameters"] = migrate_hparams(hparams, str(path))
+    check_callback_states(checkpoint, path)
+    check_calibration(checkpoint.get("calibration"), str(path))
+    check_data_record(checkpoint.get(DATA_RECORD), str(path))
     return checkpoint
+
+
+def check_callback_states(checkpoint: dict, path: Path) -> None:
+    """Lightning restores ModelCheckpoint's file lists on resume and later deletes the files
+    that drop out of the top k: every path it lists must be a .ckpt under its own dirpath."""
+    for key, state in (checkpoint.get("callbacks") or {}).items():
+        if not isinstance(state, dict) or "best_k_models" not in state:
+            continue
+        dirpath = state.get("dirpath")
+        listed = [*(state.get("best_k_models") or {}), state.get("best_model_path"), state.get("last_model_path")]
+        for file in filter(None, listed):
+            inside = isinstance(file, str) and isinstance(dirpath, str) and file.endswith(".ckpt")
+            if not inside or Path(file).resolve().parent != Path(dirpath).resolve():
+                raise CheckpointError(
+                    f"{path}: refused, callbacks[{key!r}] lists {file!r} outside its checkpoint dir {dirpath!r}"
+                )
 
 
 def load_classifier(ckpt_path: object, map_location: str | torch.device = "cpu") -> CellClassifier:
     """Rebuild a trained classifier from its checkpoint alone (no download, no data)."""
-    checkpoint = safe_load(ckpt_path)
+    checkpoint = safe_load(ckpt_path)  # hyperparameters checked: plain values, no code named
     hparams = {**checkpoint["hyper_parameters"], "pretrained": False}
     model = CellClassifier(**hparams)
     missing, unexpected = model.load_state_dict(checkpoint["state_dict"], strict=False)
@@ -90,10 +114,21 @@ def write_calibration(ckpt_path: str | Path, calibration: dict) -> None:
 
 
 def upgrade(path: Path) -> None:
-    """Convert an old checkpoint (omegaconf hyperparameters) to plain containers, in place."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)  # the user vouched for it
-    checkpoint["hyper_parameters"] = {k: to_plain(v) for k, v in checkpoint.get("hyper_parameters", {}).items()}
-    checkpoint["hyper_parameters"].pop("_instantiator", None)
+    """Convert an old checkpoint (omegaconf hyperparameters, Hydra targets) to plain values, in place.
+
+    The file is unpickled without torch's restrictions: only for a file the user trusts.
+    """
+    path = check_path(path, "upgrade FILE")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)  # the user vouched for it
+    except Exception as err:  # noqa: BLE001 - any damage ends in one line
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CheckpointError(f"{path}: not a readable checkpoint, truncated or not a torch file ({first})") from None
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("hyper_parameters"), dict):
+        raise CheckpointError(f"{path}: not a bloodcells checkpoint (no hyper_parameters)")
+    hparams = {k: to_plain(v) for k, v in checkpoint["hyper_parameters"].items()}
+    hparams.pop("_instantiator", None)
+    checkpoint["hyper_parameters"] = migrate_hparams(hparams, str(path))
     states = checkpoint.get("rng_states")
     if states and not isinstance(states.get("numpy"), dict):
         from bloodcells.callbacks.rng_state import numpy_state_to_plain
@@ -110,7 +145,11 @@ def main(argv: list[str] | None = None) -> None:
     up.add_argument("files", nargs="+", type=Path)
     args = parser.parse_args(argv)
     for f in args.files:
-        upgrade(f)
+        try:
+            upgrade(f)
+        except UserError as err:
+            print(f"bloodcells: error: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
         print(f"{f}: upgraded; it now loads with weights_only=True")
 
 

@@ -2,7 +2,8 @@
 
 Normalisation, the TTA views, the ensemble members with their weights and the calibration
 temperature all live inside ``forward``, so an exported graph (ONNX, .pt2) needs nothing
-from bloodcells: the course format (N x 96 x 96 x 3 uint8) goes straight in.
+from bloodcells: the course format (N x 96 x 96 x 3 uint8) goes straight in, whatever size
+the model was trained at (the graph resizes it as training did).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import torch
 from torch import nn
 
 from bloodcells.calibration import apply_temperature
+from bloodcells.data.resize import resize_images
 from bloodcells.errors import ConfigError
 from bloodcells.predictor import Predictor
 
@@ -31,8 +33,9 @@ class DeployedPredictor(nn.Module):
         self.class_names = list(predictor.class_names)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 N x H x W x 3 (H = W = the members' input size) -> N x K probabilities."""
-        x = images.permute(0, 3, 1, 2).float()
+        """uint8 N x H x W x 3 of any size -> N x K probabilities. Images are brought to the
+        members' input size by ``resize_images``, as ``predict`` and training bring them."""
+        x = resize_images(images.permute(0, 3, 1, 2), self.image_size)
         views = self.tta.expand(x)
         probs = torch.zeros((), device=x.device)
         for weight, member in zip(self.weights, self.members):

@@ -19,7 +19,8 @@ import torch
 from bloodcells.checkpoints import check_path, load_classifier
 from bloodcells.errors import CheckpointError
 from bloodcells.predictor import Predictor
-from bloodcells.tta import NO_TTA, TTA
+from bloodcells.stored import is_number, tta_from_dict
+from bloodcells.tta import TTA
 
 log = logging.getLogger(__name__)
 
@@ -46,20 +47,29 @@ def write_ensemble_file(
 
 
 def read_ensemble_file(path: Path) -> dict:
+    """The file's JSON, every value checked: member paths are text, weights finite and not
+    negative (summing above 0), the temperature finite and positive, the TTA well formed."""
     try:
         body = json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise CheckpointError(f"{path}: not a readable ensemble file ({err})") from None
     if not isinstance(body, dict) or body.get("format") != FORMAT or not body.get("members"):
         raise CheckpointError(f"{path}: not a bloodcells ensemble file (no format '{FORMAT}' with members)")
+    members = body["members"]
+    if not isinstance(members, list):
+        raise CheckpointError(f"{path}: members={members!r}: expected a list of {{checkpoint, weight}}")
+    for i, m in enumerate(members):
+        if not isinstance(m, dict) or not isinstance(m.get("checkpoint"), str) or not m["checkpoint"]:
+            raise CheckpointError(f"{path}: members[{i}]={m!r}: expected {{'checkpoint': PATH, 'weight': NUMBER}}")
+        weight = m.get("weight", 1.0)
+        if not is_number(weight) or weight < 0:
+            raise CheckpointError(f"{path}: members[{i}].weight={weight!r}: expected a finite number >= 0")
+    if sum(m.get("weight", 1.0) for m in members) <= 0:
+        raise CheckpointError(f"{path}: the member weights sum to 0")
+    temperature = body.get("temperature", 1.0)
+    if not is_number(temperature) or temperature <= 0:
+        raise CheckpointError(f"{path}: temperature={temperature!r}: expected a finite number > 0")
     return body
-
-
-def tta_from_dict(spec: dict | None, where: str) -> TTA:
-    try:
-        return TTA(**(spec or {}))
-    except TypeError as err:
-        raise CheckpointError(f"{where}: bad TTA entry {spec} ({err})") from None
 
 
 def load_predictor(path: object, tta: TTA | None = None, device: str | torch.device = "cpu") -> Predictor:
@@ -76,11 +86,12 @@ def load_predictor(path: object, tta: TTA | None = None, device: str | torch.dev
         paths = [str(file.parent / m["checkpoint"]) for m in body["members"]]
         members = [load_classifier(p, device) for p in paths]
         weights = [float(m.get("weight", 1.0)) for m in body["members"]]
+        weights = [w / sum(weights) for w in weights]
         temperatures = {stored.key: float(body.get("temperature", 1.0))}
     else:
         model = load_classifier(file, device)
         members, weights = [model], None
-        stored = tta_from_dict(model.calibration.get("tta"), str(file)) if model.calibration else NO_TTA
+        stored = tta_from_dict(model.calibration.get("tta"), str(file))  # checked by safe_load
         temperatures = dict(model.calibration.get("temperatures", {}))
     chosen = tta or stored
     temperature = temperatures.get(chosen.key)

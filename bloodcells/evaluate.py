@@ -8,6 +8,7 @@ metrics.json also counts the predictions TTA changed, fixed and broke.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import hydra
@@ -15,7 +16,7 @@ import lightning.pytorch as pl
 from omegaconf import DictConfig
 
 from bloodcells.config import CONFIG_DIR, instantiate, user_errors
-from bloodcells.data.datamodule import BloodCellDataModule
+from bloodcells.data.datamodule import BloodCellDataModule, data_source, same_source, split_digest
 from bloodcells.ensemble_file import load_predictor
 from bloodcells.errors import DataError, check_choice
 from bloodcells.instantiate import build_datamodule
@@ -27,6 +28,8 @@ from bloodcells.tta import TTA
 
 SPLITS = ("test", "val", "train", "all")
 
+log = logging.getLogger(__name__)
+
 
 def configured_tta(cfg: DictConfig) -> TTA | None:
     """``tta=stored`` (empty) keeps what the checkpoint or ensemble file carries."""
@@ -34,14 +37,57 @@ def configured_tta(cfg: DictConfig) -> TTA | None:
 
 
 def datamodule_for(predictor: Predictor, cfg: DictConfig) -> BloodCellDataModule:
-    """The configured data at the predictor's input size, checked against its classes."""
+    """The configured data at the predictor's input size, checked against its classes; on the
+    members' own training data, split as their training run split it."""
     cfg.data.image_size = predictor.image_size
     datamodule = build_datamodule(cfg)
     if list(datamodule.class_names) != predictor.class_names:
         raise DataError(
             f"{cfg.ckpt_path}: trained on classes {predictor.class_names}, data has {list(datamodule.class_names)}"
         )
+    use_training_split(datamodule, predictor, str(cfg.ckpt_path))
     return datamodule
+
+
+def use_training_split(datamodule: BloodCellDataModule, predictor: Predictor, where: str) -> None:
+    """Score the split the model's training held out, never one that overlaps its training images.
+
+    On the data it was trained on, a model's checkpoint decides the split (seed, fractions,
+    cleaning), whatever the config says; the digests of the split's members must match
+    (data changed since training: refused). Members split differently: refused.
+    """
+    source = data_source(datamodule.reader)
+    records = [m.data_record for m in predictor.members if same_source(m.data_record.get("source", {}), source)]
+    if not records:
+        log.info("%s: trained on other data than %s; the configured split is used", where, datamodule.source_name)
+        return
+    definitions = [r.get("split") for r in records]
+    if any(d is None for d in definitions):
+        log.warning(
+            "%s: written before checkpoints recorded their split; make sure data.split_seed, the fractions and "
+            "data.clean are the training run's, or the scored split may hold training images",
+            where,
+        )
+        return
+    settings = [{k: v for k, v in d.items() if k != "digests"} for d in definitions]
+    if any(s != settings[0] for s in settings):
+        raise DataError(
+            f"{where}: the members were trained on different splits of {datamodule.source_name}, so every split "
+            "holds some member's training images; evaluate them on data none of them saw (split=all)"
+        )
+    chosen = settings[0]
+    configured = {k: getattr(datamodule, k) for k in chosen}
+    if configured != chosen:
+        changed = ", ".join(f"{k}={chosen[k]!r}" for k in chosen if configured[k] != chosen[k])
+        log.warning("%s: using the split it was trained with (%s), not the configured one", where, changed)
+    datamodule.use_split_definition(chosen)
+    datamodule.setup()
+    for split, digest in definitions[0].get("digests", {}).items():
+        if split_digest(datamodule.data, datamodule.splits[split]) != digest:
+            raise DataError(
+                f"{where}: the {split} split of {datamodule.source_name} is not the one the model was trained "
+                "with (the data changed since training), so its test images may be training images"
+            )
 
 
 def evaluate(cfg: DictConfig) -> dict:

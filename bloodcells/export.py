@@ -1,7 +1,8 @@
 """Export a checkpoint or ensemble file: ``python -m bloodcells.export ckpt_path=... format=onnx|pt2|submission``.
 
-Every format takes uint8 N x H x W x 3 and returns calibrated probabilities, with a dynamic
-batch dimension, the normalisation, the TTA views and the ensemble members inside the graph.
+Every format takes uint8 N x H x W x 3 of any size and returns calibrated probabilities, with
+dynamic batch, height and width; the resize (``bloodcells.data.resize``), the normalisation,
+the TTA views and the ensemble members are inside the graph.
 ``onnx`` uses ``torch.onnx.export(dynamo=True)`` (timm's own exporter calls APIs that torch
 removed); ``pt2`` is ``torch.export``; ``submission`` is a folder with ``model.onnx`` and a
 ``model.py`` whose ``Model().predict(X)`` returns class indices with numpy + onnxruntime only.
@@ -31,8 +32,15 @@ def example_input(size: int, batch: int = 2) -> torch.Tensor:
     return torch.randint(0, 256, (batch, size, size, 3), dtype=torch.uint8)
 
 
-def batch_dim() -> dict:
-    return {"images": {0: torch.export.Dim("batch", min=1, max=4096)}}
+def dynamic_dims() -> dict:
+    """Batch, height and width are free: the graph resizes any image to the model's size."""
+    return {
+        "images": {
+            0: torch.export.Dim("batch", min=1, max=4096),
+            1: torch.export.Dim("height", min=8, max=8192),
+            2: torch.export.Dim("width", min=8, max=8192),
+        }
+    }
 
 
 def export_onnx(module: DeployedPredictor, path: Path) -> Path:
@@ -42,14 +50,14 @@ def export_onnx(module: DeployedPredictor, path: Path) -> Path:
         raise ConfigError("format=onnx needs the export extra: pip install -e '.[export]'") from None
     x = example_input(module.image_size)
     program = torch.onnx.export(
-        module, (x,), dynamo=True, input_names=["images"], output_names=["probs"], dynamic_shapes=batch_dim()
+        module, (x,), dynamo=True, input_names=["images"], output_names=["probs"], dynamic_shapes=dynamic_dims()
     )
     program.save(str(path))
     return path
 
 
 def export_pt2(module: DeployedPredictor, path: Path) -> Path:
-    program = torch.export.export(module, (example_input(module.image_size),), dynamic_shapes=batch_dim())
+    program = torch.export.export(module, (example_input(module.image_size),), dynamic_shapes=dynamic_dims())
     torch.export.save(program, str(path))
     return path
 

@@ -13,9 +13,9 @@ import torch.nn.functional as F
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
+from bloodcells.data.resize import resize_images
 from bloodcells.errors import ConfigError
 from bloodcells.models.module import CellClassifier
-from bloodcells.predictor import resize_batch
 
 MAX_STRIDE = 16
 
@@ -130,7 +130,7 @@ def cams_for(model: CellClassifier, images: np.ndarray, classes: np.ndarray, lay
     for start in range(0, len(images), batch):
         x = torch.from_numpy(np.ascontiguousarray(images[start : start + batch])).permute(0, 3, 1, 2)
         shown = x.shape[-2:]
-        x = resize_batch(x, size)  # the model's input size; the map is drawn at the image's size
+        x = resize_images(x, size)  # the model's input size; the map is drawn at the image's size
         cam = grad_cam(model, x, torch.as_tensor(classes[start : start + batch]), layer)
         out.append(F.interpolate(cam[:, None], size=shown, mode="bilinear")[:, 0].numpy())
     return np.concatenate(out)

@@ -11,21 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from bloodcells.calibration import apply_temperature
+from bloodcells.data.resize import resize_images
 from bloodcells.errors import CheckpointError, ConfigError
 from bloodcells.models.module import CellClassifier
 from bloodcells.tta import NO_TTA, TTA
-
-
-def resize_batch(images: torch.Tensor, size: int) -> torch.Tensor:
-    """Antialiased bilinear resize of a uint8 (or 0-255 float) batch to size x size."""
-    if images.shape[-2:] == (size, size):
-        return images
-    return F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-
 
 MAX_FORWARD = 256
 """Images per forward pass: on CPU, batches much larger than this run slower per image
@@ -39,7 +31,7 @@ def _view_logits(model: CellClassifier, loader: DataLoader, tta: TTA) -> tuple[l
     step = max(1, MAX_FORWARD // tta.n_views)  # images whose views share one forward pass
     logits, targets, index = [], [], []
     for images, y, idx in loader:
-        x = resize_batch(images.to(model.device), size)
+        x = resize_images(images.to(model.device), size)
         for part in x.split(step):
             out = model(tta.expand(part)).float()
             logits.append(out.view(tta.n_views, len(part), -1).cpu())

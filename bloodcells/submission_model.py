@@ -1,4 +1,5 @@
-"""Course submission: ``Model().predict(X)`` for X uint8 N x 96 x 96 x 3 -> class indices.
+"""Course submission: ``Model().predict(X)`` for X uint8 N x H x W x 3 (the course's 96 x 96,
+or any size: the graph resizes as training did) -> class indices.
 
 Depends on numpy and onnxruntime only (no torch, no bloodcells). ``model.onnx`` beside this
 file holds the whole predictor: normalisation, TTA views, ensemble members, calibration.
@@ -23,9 +24,8 @@ class Model:
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:  # noqa: N803 (the course's name)
         X = np.asarray(X)
-        size = self.meta["image_size"]
-        if X.dtype != np.uint8 or X.ndim != 4 or X.shape[1:] != (size, size, 3):
-            raise ValueError(f"expected uint8 N x {size} x {size} x 3, got {X.dtype} {X.shape}")
+        if X.dtype != np.uint8 or X.ndim != 4 or X.shape[3] != 3 or min(X.shape[1:3]) < 8:
+            raise ValueError(f"expected uint8 N x H x W x 3 (H, W >= 8), got {X.dtype} {X.shape}")
         out = [
             self.session.run(["probs"], {"images": X[i : i + self.batch_size]})[0]
             for i in range(0, len(X), self.batch_size)

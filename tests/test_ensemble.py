@@ -18,7 +18,8 @@ from bloodcells.ensemble_file import load_predictor
 from bloodcells.ensembling import evaluate_variant, fit_weights
 from bloodcells.evaluate import evaluate
 from bloodcells.predict import predict
-from bloodcells.predictor import Predictor, resize_batch
+from bloodcells.data.resize import resize_images
+from bloodcells.predictor import Predictor
 from bloodcells.tta import TTA
 from tests.conftest import compose_config, save_checkpoint, tiny_classifier
 from tests.test_tta import loader_of
@@ -51,7 +52,7 @@ def test_members_of_different_sizes_and_normalisations_ensemble_correctly(make_i
     probs = predictor.predict(loader_of(images, labels, 4))["probs"]
     x = torch.from_numpy(images).permute(0, 3, 1, 2)
     with torch.no_grad():
-        p_small = small(resize_batch(x, 64)).softmax(-1)
+        p_small = small(resize_images(x, 64)).softmax(-1)
         p_large = large(x).softmax(-1)
     torch.testing.assert_close(probs, (p_small + p_large) / 2, atol=1e-5, rtol=1e-5)
     assert (p_small - p_large).abs().max() > 1e-3  # the two members really differ

@@ -84,6 +84,21 @@ def apply_cleaning(
     return dataclasses.replace(data, labels=labels), keep, np.asarray(decided["group_of"]), decided["counts"]
 
 
+def split_digest(data: ImageSet, index: np.ndarray) -> str:
+    """A digest of a split's members: their positions, labels and pixels."""
+    digest = hashlib.blake2b(np.asarray(index, dtype=np.int64).tobytes(), digest_size=16)
+    digest.update(np.ascontiguousarray(data.labels[index]).tobytes())
+    for start in range(0, len(index), 1024):
+        digest.update(np.ascontiguousarray(data.images[index[start : start + 1024]]).data)
+    return digest.hexdigest()
+
+
+def same_source(a: dict, b: dict) -> bool:
+    """Whether two ``data_source`` records name the same reader and files."""
+    keys = ("reader", "path", "root", "images", "labels")
+    return all(a.get(k) == b.get(k) for k in keys)
+
+
 def data_source(reader: Callable[..., ImageSet]) -> dict[str, str]:
     """The reader and its file arguments (absolute paths): what a checkpoint was trained on."""
     func = getattr(reader, "func", reader)
@@ -164,6 +179,7 @@ class BloodCellDataModule(pl.LightningDataModule):
         self.cleaning_counts: dict = {}
         self.data: ImageSet | None = None
         self.splits: dict[str, np.ndarray] = {}
+        self.digests: dict[str, str] | None = None
 
     @property
     def source_name(self) -> str:
@@ -171,9 +187,35 @@ class BloodCellDataModule(pl.LightningDataModule):
         source = data_source(self.reader)
         return source.get("path") or source.get("root") or source.get("images") or source["reader"]
 
+    def split_definition(self) -> dict:
+        """What decides the split: a model's test images are the test images of this
+        definition on this data (the digests catch data that changed since)."""
+        definition = {
+            "split_seed": self.split_seed,
+            "val_fraction": self.val_fraction,
+            "test_fraction": self.test_fraction,
+            "use_data_split": self.use_data_split,
+            "clean": self.clean,
+            "clean_options": self.clean_options,
+        }
+        if self.data is not None:
+            if self.digests is None:  # once per run: every checkpoint save records them
+                self.digests = {s: split_digest(self.data, self.splits[s]) for s in ("train", "val", "test")}
+            definition["digests"] = self.digests
+        return definition
+
+    def use_split_definition(self, definition: dict) -> None:
+        """Split as a checkpoint's training run split (before ``setup``)."""
+        if self.data is not None:
+            raise RuntimeError("use_split_definition must come before setup")
+        self.split_seed, self.use_data_split = definition["split_seed"], definition["use_data_split"]
+        self.val_fraction, self.test_fraction = definition["val_fraction"], definition["test_fraction"]
+        self.clean, self.clean_options = definition["clean"], dict(definition["clean_options"])
+
     def state_dict(self) -> dict:
-        """Saved in every checkpoint, so that a resume can check it trains on the same data."""
-        return {"source": data_source(self.reader)}
+        """Saved in every checkpoint: a resume checks it trains on the same data, and
+        ``evaluate`` scores the split that training held out."""
+        return {"source": data_source(self.reader), "split": self.split_definition()}
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Nothing to restore: ``bloodcells.resume`` compares the source before fitting."""

@@ -27,15 +27,15 @@ from bloodcells.data.readers import (
     check_labels,
     folder_listing,
     load_image,
-    resize_square,
     warn_resized,
 )
+from bloodcells.data.resize import resize_array
 from bloodcells.errors import DataError
 from bloodcells.files import replace_atomically
 
 log = logging.getLogger(__name__)
 
-VERSION = b"image-cache-v1"
+VERSION = b"image-cache-v2"  # v2: resized by bloodcells.data.resize
 
 
 def listing_key(root: Path, paths: list[Path], class_names: tuple[str, ...], image_size: int | None) -> str:
@@ -59,7 +59,7 @@ def build(images_file: Path, paths: list[Path], image_size: int | None) -> None:
         for i, path in enumerate(paths):
             image = first if i == 0 else load_image(path)
             if image_size is not None:
-                image = resize_square(image, image_size)
+                image = resize_array(image, image_size)
             elif image.shape != shape:
                 raise DataError(
                     f"{path}: image size {image.shape[1]}x{image.shape[0]} differs from {shape[1]}x{shape[0]} "

@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from bloodcells import CLASS_NAMES
+from bloodcells.data.resize import resize_array
 from bloodcells.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -180,7 +181,7 @@ def stack_images(arrays: list[np.ndarray], paths: list[Path], image_size: int | 
     them), else require one common size."""
     if image_size is not None:
         warn_resized([a.shape[:2] for a in arrays], paths, image_size)
-        arrays = [resize_square(a, image_size) for a in arrays]
+        arrays = [resize_array(a, image_size) for a in arrays]
     first = arrays[0].shape
     for a, p in zip(arrays, paths):
         if a.shape != first:
@@ -215,17 +216,6 @@ def warn_resized(shapes: list[tuple[int, ...]], where: list, image_size: int) ->
             shapes[i][1],
             shapes[i][0],
         )
-
-
-def resize_square(image: np.ndarray, size: int) -> np.ndarray:
-    """Centre-crop to a square, then Lanczos-resize (the PBC preprocessing)."""
-    h, w = image.shape[:2]
-    if (h, w) == (size, size):
-        return image
-    s = min(h, w)
-    top, left = (h - s) // 2, (w - s) // 2
-    im = Image.fromarray(image[top : top + s, left : left + s])
-    return np.asarray(im.resize((size, size), Image.Resampling.LANCZOS))
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -303,7 +293,7 @@ def read_unlabelled(path: str | Path, image_size: int | None = None) -> tuple[np
             warn_resized(
                 [images.shape[1:3]] * len(images), [f"{path.name}[{i}]" for i in range(len(images))], image_size
             )
-            images = np.stack([resize_square(a, image_size) for a in images])
+            images = resize_array(images, image_size)
         return images, [f"{path.name}[{i}]" for i in range(len(images))]
     if not path.is_file():
         raise DataError(f"{path}: file not found")

@@ -12,12 +12,26 @@ import albumentations as A
 import numpy as np
 import torch
 
+from bloodcells.data.resize import resize_array
+
+
+class ResizeToInput(A.ImageOnlyTransform):
+    """The model's input size through ``bloodcells.data.resize`` (crop + Lanczos), the same
+    function that predict, the predictor and the exported graph use (not cv2's bilinear)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(p=1.0)
+        self.size = size
+
+    def apply(self, img: np.ndarray, **params) -> np.ndarray:
+        return resize_array(img, self.size)
+
 
 def build_pipeline(transforms: Sequence[A.BasicTransform], image_size: int | None = None) -> A.Compose:
     """Compose ``transforms`` then, if needed, resize to the model's input size."""
     steps = list(transforms)
     if image_size is not None:
-        steps.append(A.Resize(image_size, image_size, p=1.0))
+        steps.append(ResizeToInput(image_size))
     return A.Compose(steps)
 
 

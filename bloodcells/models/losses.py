@@ -48,6 +48,11 @@ class FocalLoss(nn.Module):
         return (w * per_sample).sum() / w.sum()
 
 
+def build_loss(name: str, **settings) -> FocalLoss:
+    """The loss called ``name`` (see ``bloodcells.models.hparams.LOSSES``) with its settings."""
+    return {"focal": FocalLoss}[name](**settings)
+
+
 def class_weights(
     counts: Sequence[int], method: str | Sequence[float] | None, beta: float = 0.999
 ) -> torch.Tensor | None:

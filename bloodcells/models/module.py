@@ -1,8 +1,9 @@
 """The LightningModule: a timm backbone, a head, a loss, staged fine-tuning and metrics.
 
 The checkpoint carries everything prediction needs (class names, image size, backbone and
-head config in the hyperparameters, as plain Python containers so that it loads with
-``weights_only=True``; input mean/std as buffers), so ``bloodcells.checkpoints.load_classifier``
+head config in the hyperparameters, as plain values that name no code (checked by
+``bloodcells.models.hparams``) so that it loads with ``weights_only=True`` and builds nothing
+the file names; input mean/std as buffers), so ``bloodcells.checkpoints.load_classifier``
 rebuilds the model with no data or config at hand. The model takes uint8 images and
 normalises them itself.
 """
@@ -16,13 +17,15 @@ import lightning.pytorch as pl
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from bloodcells.config import instantiate
 from bloodcells.metrics import validation_metrics
 from bloodcells.models.backbones import backbone_norm, create_backbone
 from bloodcells.models.finetune import FinetuneSchedule, backbone_blocks, batchnorm_blocks
 from bloodcells.models.heads import MLPHead
-from bloodcells.models.losses import class_weights
+from bloodcells.models.hparams import check_hparams
+from bloodcells.models.losses import build_loss, class_weights
+from bloodcells.models.optimizers import make_optimizer
 from bloodcells.models.schedulers import StagedLR
+from bloodcells.stored import DATA_RECORD
 
 
 def to_plain(value: Any) -> Any:
@@ -57,9 +60,28 @@ class CellClassifier(pl.LightningModule):
         head, class_names, optim, sched, loss, finetune = map(
             to_plain, (head, class_names, optim, sched, loss, finetune)
         )
+        check_hparams(
+            dict(
+                backbone=backbone,
+                head=head,
+                class_names=class_names,
+                image_size=image_size,
+                optim=optim,
+                sched=sched,
+                loss=loss,
+                finetune=finetune,
+                pretrained=pretrained,
+                weights=weights,
+                drop_rate=drop_rate,
+                drop_path_rate=drop_path_rate,
+                channels_last=channels_last,
+            )
+        )
         self.save_hyperparameters()
         self.calibration: dict = {}
         """Temperatures fitted after training, per TTA key (see ``checkpoints.write_calibration``)."""
+        self.data_record: dict = {}
+        """The training data's source and split definition, as a checkpoint records them."""
         self.class_names = list(class_names)
         self.backbone = create_backbone(backbone, pretrained, weights, drop_rate, drop_path_rate)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -68,7 +90,7 @@ class CellClassifier(pl.LightningModule):
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255)
         self.head = MLPHead(self.backbone.num_features, len(class_names), **head)
-        self.criterion = instantiate(loss)
+        self.criterion = build_loss(**loss)
         self.register_buffer("class_weight", torch.ones(len(class_names)))
         self.blocks = backbone_blocks(self.backbone)
         self.block_bns = batchnorm_blocks(self.backbone, self.blocks)
@@ -149,7 +171,7 @@ class CellClassifier(pl.LightningModule):
         return groups
 
     def build_optimizer(self) -> torch.optim.Optimizer:
-        return instantiate(self.hparams.optim)(self.param_groups())
+        return make_optimizer(self.param_groups(), **self.hparams.optim)
 
     def configure_optimizers(self) -> dict:
         optimizer = self.build_optimizer()
@@ -176,6 +198,7 @@ class CellClassifier(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.calibration = dict(checkpoint.get("calibration", {}))
+        self.data_record = dict(checkpoint.get(DATA_RECORD, {}))
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Frozen groups get no update at all: no weight decay, no optimizer-state drift."""

@@ -5,13 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from hydra.utils import get_class
+
+from bloodcells.models.hparams import OPTIMIZERS
 
 
 def make_optimizer(
-    param_groups: list[dict], optimizer: str, head_weight_decay: float | None = None, **kwargs: Any
+    param_groups: list[dict], name: str, head_weight_decay: float | None = None, **kwargs: Any
 ) -> torch.optim.Optimizer:
-    """``optimizer`` (a class path, e.g. ``torch.optim.Adam``) over ``param_groups``.
+    """The optimizer called ``name`` (a key of ``OPTIMIZERS``, never a class path: the
+    settings come from a checkpoint too) over ``param_groups``.
 
     ``head_weight_decay`` overrides the weight decay of the group named ``head``: the
     reports' L2 on the dense head layer (Keras L2(l) is about weight decay 2*l with Adam).
@@ -20,4 +22,4 @@ def make_optimizer(
         for group in param_groups:
             if group.get("name") == "head":
                 group["weight_decay"] = head_weight_decay
-    return get_class(optimizer)(param_groups, **kwargs)
+    return OPTIMIZERS[name](param_groups, **kwargs)
