@@ -83,7 +83,9 @@ def resolve_resume(cfg: DictConfig) -> str | None:
         try:
             diff = differences(fingerprint, checkpoint_fingerprint(safe_load(path)))
         except CheckpointError as err:
-            log.warning("ckpt_path=last: skipping %s", err)
+            if "refused" in str(err):  # a tampered file among this task's runs: the user must know
+                raise
+            log.warning("ckpt_path=last: skipping %s", err)  # e.g. truncated by a killed job
             continue
         if not diff:
             log.info("resuming from %s", path)

@@ -13,12 +13,12 @@ import torch
 
 from bloodcells.checkpoints import load_classifier
 from bloodcells.config import PROJECT_ROOT
+from bloodcells.data.resize import resize_images
 from bloodcells.ensemble import ensemble
 from bloodcells.ensemble_file import load_predictor
 from bloodcells.ensembling import evaluate_variant, fit_weights
 from bloodcells.evaluate import evaluate
 from bloodcells.predict import predict
-from bloodcells.data.resize import resize_images
 from bloodcells.predictor import Predictor
 from bloodcells.tta import TTA
 from tests.conftest import compose_config, save_checkpoint, tiny_classifier
