@@ -6,7 +6,8 @@ resize through ``resize_images``, so a model meets its input exactly as it was t
 to cost a model trained on one of them 1.5 points when served with another). It follows
 PIL's ``Image.resize(..., LANCZOS)`` (the PBC preprocessing): separable, horizontal pass then
 vertical, each rounded to 0..255, PIL's support window; only PIL's fixed-point coefficients are
-replaced by float32 (a pixel differs from PIL's by at most 1 level, rarely). It is written
+replaced by float32 sums (on real cells, about 1 pixel in 10,000 differs from PIL's, by 1 or
+2 levels). It is written
 with tensor arithmetic on the input's shape, so it exports with dynamic height and width.
 """
 
