@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch.plugins import TorchCheckpointIO
 
 from bloodcells.errors import CheckpointError, ConfigError, UserError
 from bloodcells.files import replace_atomically
@@ -91,7 +92,17 @@ def load_classifier(ckpt_path: object, map_location: str | torch.device = "cpu")
     checkpoint = safe_load(ckpt_path)  # hyperparameters checked: plain values, no code named
     hparams = {**checkpoint["hyper_parameters"], "pretrained": False}
     model = CellClassifier(**hparams)
-    missing, unexpected = model.load_state_dict(checkpoint["state_dict"], strict=False)
+    state = checkpoint["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{ckpt_path}: refused, its state_dict holds values other than tensors")
+    bad = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    if bad is not None:
+        raise CheckpointError(f"{ckpt_path}: weights {bad!r} hold NaN or infinite values (damaged or tampered)")
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # a tensor of the wrong shape
+        first = str(err).strip().splitlines()[-1].strip()
+        raise CheckpointError(f"{ckpt_path}: weights do not fit backbone {hparams['backbone']!r} ({first})") from None
     if missing or unexpected:
         raise CheckpointError(
             f"{ckpt_path}: weights do not fit backbone {hparams['backbone']!r} "
@@ -104,6 +115,16 @@ def load_classifier(ckpt_path: object, map_location: str | torch.device = "cpu")
 def atomic_save(obj: Any, path: Path) -> None:
     """torch.save without ever leaving a half-written checkpoint."""
     replace_atomically(path, lambda tmp: torch.save(obj, tmp))
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, but a full disk or a kill mid-write leaves the previous
+    ``last.ckpt`` intact (temp file + rename) instead of a truncated one."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        if storage_options is not None:
+            raise TypeError("AtomicCheckpointIO takes no storage_options")
+        atomic_save(checkpoint, Path(path))
 
 
 def write_calibration(ckpt_path: str | Path, calibration: dict) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import re
 import sys
 import warnings
@@ -16,6 +18,9 @@ from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from bloodcells.errors import Pruned, Stopped, UserError
+
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+"""Disk full, quota, read-only or forbidden: the user's to fix, said in one line."""
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = str(PROJECT_ROOT / "conf")
@@ -116,6 +121,10 @@ def user_errors() -> Iterator[None]:
             key = named.group(1) if named else (err.full_key or "a mandatory option")
             print(f"bloodcells: error: {key} is required: pass {key}=... on the command line", file=sys.stderr)
             raise SystemExit(2) from None
+        if isinstance(err, OSError) and err.errno in WRITE_ERRNOS:
+            where = err.filename or "a file"
+            print(f"bloodcells: error: cannot write {where}: {os.strerror(err.errno)}", file=sys.stderr)
+            raise SystemExit(2) from None
         if not isinstance(err, (UserError, FileNotFoundError)):
             raise
         print(f"bloodcells: error: {err}", file=sys.stderr)
@@ -130,5 +139,18 @@ def record_failed_job(err: BaseException) -> None:
 
     out = Path(HydraConfig.get().runtime.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "error.txt").write_text("".join(traceback.format_exception(err)))
-    print(f"bloodcells: error: job {out.name} failed: {type(err).__name__}: {err}", file=sys.stderr)
+    root = root_cause(err)
+    text = "".join(traceback.format_exception(err)) + f"root cause: {type(root).__name__}: {root}\n"
+    (out / "error.txt").write_text(text)  # the last line is what the sweep summary shows
+    also = f" (then {type(err).__name__}: {err})" if root is not err else ""
+    print(f"bloodcells: error: job {out.name} failed: {type(root).__name__}: {root}{also}", file=sys.stderr)
+
+
+def root_cause(err: BaseException) -> BaseException:
+    """The first exception of a chain: a failure during teardown (Lightning's, after a
+    loader failed) is reported after the error that started it."""
+    while True:
+        nxt = err.__cause__ or (None if err.__suppress_context__ else err.__context__)
+        if nxt is None:
+            return err
+        err = nxt

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import lightning.pytorch as pl
+from lightning.pytorch.plugins import CheckpointIO
 from omegaconf import DictConfig, OmegaConf
 
+from bloodcells.checkpoints import AtomicCheckpointIO
 from bloodcells.config import instantiate, require_values
 from bloodcells.data.datamodule import BloodCellDataModule
 from bloodcells.models.module import CellClassifier
@@ -42,6 +44,11 @@ def build_model(cfg: DictConfig) -> CellClassifier:
 
 
 def build_trainer(cfg: DictConfig, **overrides) -> pl.Trainer:
+    """The trainer with the configured callbacks and loggers; checkpoints are written atomically."""
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
     loggers = [instantiate(c) for c in cfg.get("logger", {}).values() if c is not None]
+    plugins = [instantiate(p) for p in cfg.trainer.get("plugins") or []]
+    if not any(isinstance(p, CheckpointIO) for p in plugins):
+        plugins.append(AtomicCheckpointIO())
+    overrides.setdefault("plugins", plugins)
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **overrides)

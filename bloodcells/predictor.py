@@ -141,6 +141,13 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError as err:
         raise ConfigError(f"device={name!r} is not a device (auto, cpu, cuda, cuda:1...): {err}") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= count:
+            raise ConfigError(f"device={name!r}: this machine has {count} usable CUDA GPU(s); use device=cpu or auto")
+    elif device.type not in ("cpu", "mps"):
+        raise ConfigError(f"device={name!r}: not supported here; use auto, cpu or cuda[:N]")
+    return device

@@ -21,6 +21,8 @@ sweepers from that namespace) and calls ``run_search`` here.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import logging
 import shlex
@@ -30,6 +32,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import yaml
+from omegaconf import DictConfig, OmegaConf
 
 from bloodcells.errors import ConfigError, Pruned
 
@@ -88,7 +91,35 @@ def parse_space(params: dict[str, Any]) -> tuple[list[Param], list[str]]:
     return searched, fixed
 
 
-def open_study(study_name: str, storage: str | None, direction: str, sampler: Any, pruner: Any) -> Any:
+def problem_key(config: DictConfig, params: dict[str, Any], arguments: list[str]) -> str:
+    """A digest of what defines a search problem: the data source, the input size, the model,
+    the classes, the search space and the other overrides. A search on other data or another
+    model opens its own study in the same storage instead of resuming this one."""
+    problem = {
+        "data": OmegaConf.to_container(config.data.reader, resolve=True),
+        "image_size": config.data.image_size,
+        "model": OmegaConf.to_container(config.model, resolve=True),
+        "classes": list(config.class_names),
+        "space": {k: str(v) for k, v in sorted(params.items())},
+        "overrides": sorted(a for a in arguments if not a.startswith(("hydra.", "hydra/", "paths."))),
+    }
+    return hashlib.blake2b(json.dumps(problem, sort_keys=True, default=str).encode(), digest_size=4).hexdigest()
+
+
+def seeded_sampler(sampler: Any, trials_done: int) -> Any:
+    """The sampler for this run: a configured partial gets ``seed + trials_done``, so a resumed
+    study draws new start-up trials instead of replaying the seeded ones it already ran."""
+    import optuna
+
+    if sampler is None:
+        return optuna.samplers.TPESampler()
+    if isinstance(sampler, functools.partial):
+        seed = sampler.keywords.get("seed")
+        return sampler(seed=None if seed is None else int(seed) + trials_done)
+    return sampler
+
+
+def open_study(study_name: str, storage: str | None, direction: str, pruner: Any) -> Any:
     import optuna
 
     if storage and storage.startswith("sqlite:///"):
@@ -97,7 +128,6 @@ def open_study(study_name: str, storage: str | None, direction: str, sampler: An
         study_name=study_name,
         storage=storage,
         direction=direction,
-        sampler=sampler,
         pruner=pruner,
         load_if_exists=True,
     )

@@ -24,6 +24,7 @@ from bloodcells.config import CONFIG_DIR, user_errors
 from bloodcells.data.worker_signals import died_of_sigterm
 from bloodcells.ensembling import FITTED_ON
 from bloodcells.errors import Stopped
+from bloodcells.files import owned_run_dir
 from bloodcells.instantiate import build_datamodule, build_model, build_trainer
 from bloodcells.metrics import compute_metrics
 from bloodcells.predictor import Predictor
@@ -141,7 +142,7 @@ def main(cfg: DictConfig) -> float | None:
     """Returns the monitored validation score of the best checkpoint: what sweepers
     optimise (never a test metric, which would leak the test split into the choice)."""
     metrics: dict = {}
-    with user_errors():
+    with user_errors(), owned_run_dir(Path(cfg.paths.output_dir)):
         metrics = train(cfg)
     return metrics.get("best_val_score")
 

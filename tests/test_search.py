@@ -20,7 +20,10 @@ SEARCH = [
 
 
 def study(db):
-    return optuna.load_study(study_name="search_lite0", storage=f"sqlite:///{db}")
+    """The one study in ``db`` (its name: the task name and a digest of the problem)."""
+    (name,) = optuna.study.get_all_study_names(storage=f"sqlite:///{db}")
+    assert name.startswith("search_lite0-")
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{db}")
 
 
 @pytest.mark.slow
@@ -37,6 +40,8 @@ def test_a_search_runs_persists_and_resumes_where_it_stopped(tmp_path):
     trials = study(db).trials
     assert len(trials) == 3 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
     assert out.stdout.count("Launching") <= 1 and "#2 :" in out.stdout and "#0 :" not in out.stdout
+    assert "resuming study" in out.stdout + out.stderr
+    assert trials[2].params not in (trials[0].params, trials[1].params)  # the seeded sampler did not replay
     # the objective is the job's best val score, the one its summary reports
     job = tmp_path / "sweep" / "2"
     assert trials[2].value == pytest.approx(yaml.safe_load((job / "summary.json").read_text())["best_val_score"])
@@ -64,6 +69,26 @@ def test_a_pruned_trial_is_recorded_as_pruned(tmp_path):
     assert (tmp_path / "sweep" / "0" / "pruned.json").is_file() and "pruned after epoch 1" in out.stderr
     summary = (tmp_path / "sweep" / "summary.csv").read_text()
     assert ",pruned," in summary
+
+
+def test_a_search_on_other_data_or_another_model_gets_its_own_study(tmp_path):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from bloodcells.config import CONFIG_DIR
+    from bloodcells.search import problem_key
+
+    def key(*overrides: str) -> str:
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            cfg = compose("train", ["hparams_search=lite0", *overrides], return_hydra_config=True)
+        return problem_key(cfg, dict(cfg.hydra.sweeper.params), list(overrides))
+
+    base = key("data=npz", "data.reader.path=/data/a.npz")
+    assert base == key("data=npz", "data.reader.path=/data/a.npz", "hydra.sweeper.n_trials=40")
+    assert base != key("data=npz", "data.reader.path=/data/b.npz")
+    assert base != key("data=npz", "data.reader.path=/data/a.npz", "model=tiny")
+    assert base != key("data=npz", "data.reader.path=/data/a.npz", "~hydra.sweeper.params.aug")  # another space
 
 
 def test_search_space_uses_hydra_sweep_syntax():

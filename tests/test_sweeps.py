@@ -88,7 +88,8 @@ def test_a_2_job_sweep_runs_on_another_launcher(tmp_path, launcher):
     """submitit's local executor (what hydra/launcher=slurm uses, without SLURM) and joblib:
     two jobs in their own processes and dirs, summarised like the basic launcher's."""
     sweep = tmp_path / "sweep"
-    run_train_cli(*LAUNCHED, f"hydra/launcher={launcher}", f"hydra.sweep.dir={sweep}", log_dir=tmp_path)
+    workers = ["data.num_workers=2"]  # the default: a loky job must start its loader workers
+    run_train_cli(*LAUNCHED, f"hydra/launcher={launcher}", f"hydra.sweep.dir={sweep}", *workers, log_dir=tmp_path)
     rows = read_summary(sweep)
     assert [r["status"] for r in rows] == ["completed", "completed"]
     assert {r["overrides"].split("seed=")[1].split()[0] for r in rows} == {"1", "2"}

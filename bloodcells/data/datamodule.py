@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import multiprocessing
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -108,6 +109,12 @@ def data_source(reader: Callable[..., ImageSet]) -> dict[str, str]:
     return source
 
 
+def worker_context() -> multiprocessing.context.BaseContext:
+    """The platform's standard way to start loader workers, named explicitly: inside a joblib
+    (loky) job the default context is loky's, which cannot start DataLoader workers."""
+    return multiprocessing.get_context(multiprocessing.get_all_start_methods()[0])
+
+
 class ImageArrayDataset(Dataset):
     """Items are (uint8 CHW tensor, label, index into the full ImageSet).
 
@@ -160,6 +167,8 @@ class BloodCellDataModule(pl.LightningDataModule):
         super().__init__()
         check_choice("data.sampler", sampler, ("none", "weighted"))
         check_positive("data.batch_size", batch_size)
+        if isinstance(image_size, bool) or not isinstance(image_size, int) or not 8 <= image_size <= 4096:
+            raise ConfigError(f"data.image_size={image_size!r} must be an integer from 8 to 4096 (pixels)")
         check_positive("data.eval_batch_size", eval_batch_size)
         if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
             raise ConfigError(f"data.num_workers={num_workers!r} must be an integer >= 0")
@@ -289,6 +298,7 @@ class BloodCellDataModule(pl.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
+            multiprocessing_context=worker_context() if self.num_workers > 0 else None,
             drop_last=drop_last,
             generator=torch.Generator().manual_seed(self.seed),
         )

@@ -84,17 +84,30 @@ def cached_folder(root: str | Path, class_names: tuple[str, ...], image_size: in
     root, paths, labels = folder_listing(root, class_names)
     key = listing_key(root, paths, class_names, image_size)
     images_file, meta_file = cache_dir / f"images-{key}.npy", cache_dir / f"images-{key}.json"
-    if not (images_file.is_file() and meta_file.is_file()):
-        log.info("%s: decoding %d images once into the cache %s", root, len(paths), images_file)
-        build(images_file, paths, image_size)
-        meta = {"root": str(root), "labels": labels, "sources": [str(p.relative_to(root)) for p in paths]}
-        text = json.dumps(meta)
-        replace_atomically(meta_file, lambda tmp: Path(tmp).write_text(text))
-    else:
-        log.info("%s: images from the cache %s", root, images_file)
+    sources = [str(p.relative_to(root)) for p in paths]
+    if images_file.is_file() and meta_file.is_file():
+        try:
+            cached = open_cache(images_file, meta_file, labels, sources)
+            log.info("%s: images from the cache %s", root, images_file)
+            return ImageSet(cached, np.asarray(labels, dtype=np.int64), sources, class_names)
+        except (OSError, ValueError, UnicodeDecodeError) as err:  # truncated, damaged or another listing's
+            log.warning("image cache %s is damaged (%s); decoding the images again", images_file, err)
+    log.info("%s: decoding %d images once into the cache %s", root, len(paths), images_file)
+    build(images_file, paths, image_size)
+    text = json.dumps({"root": str(root), "labels": labels, "sources": sources})
+    replace_atomically(meta_file, lambda tmp: Path(tmp).write_text(text))
+    return ImageSet(np.load(images_file, mmap_mode="r"), np.asarray(labels, dtype=np.int64), sources, class_names)
+
+
+def open_cache(images_file: Path, meta_file: Path, labels: list[int], sources: list[str]) -> np.ndarray:
+    """The cached images, memory-mapped (never unpickled), checked against this listing."""
     meta = json.loads(meta_file.read_text())
-    images = np.load(images_file, mmap_mode="r")
-    return ImageSet(images, np.asarray(meta["labels"], dtype=np.int64), meta["sources"], class_names)
+    if not isinstance(meta, dict) or meta.get("labels") != labels or meta.get("sources") != sources:
+        raise ValueError("its listing is not this folder's")
+    images = np.load(images_file, mmap_mode="r", allow_pickle=False)
+    if images.dtype != np.uint8 or images.ndim != 4 or len(images) != len(labels) or images.shape[-1] != 3:
+        raise ValueError(f"holds {images.dtype} {images.shape}")
+    return images
 
 
 def read_npy(

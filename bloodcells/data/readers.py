@@ -159,16 +159,32 @@ def read_medmnist(path: str | Path, class_names: tuple[str, ...] = CLASS_NAMES, 
     )
 
 
+def wide_to_uint8(pixels: np.ndarray, mode: str, path: Path) -> np.ndarray:
+    """A 16-bit, 32-bit or float grayscale image as 8-bit RGB. PIL's own conversion clips
+    every value above 255, so a 16-bit scan would come out all white: scale instead (16-bit
+    by 1/257, exactly what 8 -> 16 bit multiplies by; other ranges by their maximum)."""
+    values = pixels.astype(np.float64)
+    if not np.isfinite(values).all() or values.min() < 0:
+        raise DataError(f"{path}: {mode} image with negative or non-finite values; save it as 8-bit RGB")
+    top = 65535.0 if mode.startswith("I;16") or values.max() <= 65535 and mode == "I" else max(values.max(), 1.0)
+    if mode == "F" and values.max() <= 1.0:
+        top = 1.0
+    gray = np.clip(np.floor(values * (255.0 / top) + 0.5), 0, 255).astype(np.uint8)
+    return np.repeat(gray[..., None], 3, axis=2)
+
+
 def load_image(path: Path) -> np.ndarray:
     """Decode one image file fully (truncated files fail here, not later in a worker)."""
     try:
         with Image.open(path) as im:
             im.load()
             mode = im.mode
-            if mode in ("L", "LA", "I;16", "I", "F"):
+            if mode in ("L", "LA", "I;16", "I;16B", "I;16L", "I", "F"):
                 log.warning("%s: grayscale image; replicating to 3 channels", path)
             elif mode in ("RGBA", "PA"):
                 log.warning("%s: RGBA image; dropping the alpha channel", path)
+            if mode.startswith("I;16") or mode in ("I", "F"):
+                return wide_to_uint8(np.asarray(im), mode, path)
             return np.asarray(im.convert("RGB"))
     except Image.DecompressionBombError as err:
         raise DataError(f"{path}: refused, image too large to decode safely ({err})") from None

@@ -105,8 +105,43 @@ def create_backbone(
         path = Path(weights).expanduser()
         if not path.is_file():
             raise PretrainedWeightsError(f"{path}: weights file not found (model.weights)")
-        return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs)
+        model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs)
+        check_weights_fit(model, path)
+        return model
     return download_pretrained(name, **kwargs)
+
+
+def read_weights_file(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict from .safetensors or a torch file (tensors only, never unpickled code)."""
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable file ends in one line
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise PretrainedWeightsError(f"{path}: not a readable weights file ({first})") from None
+    for key in ("state_dict", "model", "state_dict_ema"):  # common wrappers, as timm unwraps them
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise PretrainedWeightsError(f"{path}: not a state dict (found {type(state).__name__})")
+    return state
+
+
+def check_weights_fit(model: nn.Module, path: Path) -> None:
+    """timm loads a local file leniently: a file for another model would leave the backbone
+    at random init, silently. Require that it covers the backbone's weights."""
+    state = read_weights_file(path)
+    own = {k: v.shape for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    fitting = sum(1 for k, shape in own.items() if k in state and tuple(state[k].shape) == tuple(shape))
+    if fitting < 0.9 * len(own):
+        raise PretrainedWeightsError(
+            f"{path}: fits only {fitting} of the {len(own)} weight tensors of backbone "
+            f"{type(model).__name__} (model.weights is for another model?)"
+        )
 
 
 HUB_HOST = ("huggingface.co", 443)

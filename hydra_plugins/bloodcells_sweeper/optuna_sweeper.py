@@ -11,7 +11,15 @@ from hydra.core.plugins import Plugins
 from hydra.plugins.sweeper import Sweeper
 from omegaconf import DictConfig, OmegaConf
 
-from bloodcells.search import job_outcome, open_study, parse_space, trial_overrides, write_best
+from bloodcells.search import (
+    job_outcome,
+    open_study,
+    parse_space,
+    problem_key,
+    seeded_sampler,
+    trial_overrides,
+    write_best,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,19 +56,23 @@ class OptunaSweeper(Sweeper):
 
         space, fixed = parse_space(self.params)
         pruner = self.pruner if self.pruner is not None else optuna.pruners.NopPruner()
-        study = open_study(self.study_name, self.storage, self.direction, self.sampler, pruner)
+        name = f"{self.study_name}-{problem_key(self.config, self.params, arguments)}"
+        study = open_study(name, self.storage, self.direction, pruner)
+        study.sampler = seeded_sampler(self.sampler, len(study.trials))
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         done = len(study.trials)
         if done:
             log.info(
-                "study %r in %s: %d trials done, %d to go", self.study_name, self.storage, done, self.n_trials - done
+                "resuming study %r in %s: %d trials done, %d to go", name, self.storage, done, self.n_trials - done
             )
+        else:
+            log.info("new study %r in %s", name, self.storage)
         returns = []
         while len(study.trials) < self.n_trials:
             trials = [study.ask() for _ in range(min(self.n_jobs, self.n_trials - len(study.trials)))]
-            batch = [[*arguments, *fixed, *trial_overrides(t, space, self.storage, self.study_name)] for t in trials]
+            batch = [[*arguments, *fixed, *trial_overrides(t, space, self.storage, name)] for t in trials]
             results = self.launcher.launch(batch, initial_job_idx=trials[0].number)
             for trial, result in zip(trials, results):
                 outcome, value = job_outcome(result)
