@@ -28,6 +28,7 @@ from bloodcells.metrics import compute_metrics
 from bloodcells.predictor import Predictor, resolve_device
 from bloodcells.report_html import report_run
 from bloodcells.reports import format_comparison, plot_reliability, write_comparison, write_evaluation
+from bloodcells.stored import is_number
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +40,15 @@ def sweep_members(sweep_dir: str, top_k: int) -> list[str]:
         raise ConfigError(f"sweep={sweep_dir}: folder not found")
     jobs = []
     for summary in sorted(root.glob("*/summary.json")):
-        s = json.loads(summary.read_text())
-        if s.get("best_checkpoint") and s.get("best_val_score") is not None:
+        try:
+            s = json.loads(summary.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            log.warning("sweep %s: skipping unreadable %s (%s)", root, summary, err)
+            continue
+        score, checkpoint = (s.get("best_val_score"), s.get("best_checkpoint")) if isinstance(s, dict) else (None, None)
+        if isinstance(checkpoint, str) and checkpoint and is_number(score):
             higher_is_better = "loss" not in str(s.get("monitor", ""))
-            jobs.append((s["best_val_score"] if higher_is_better else -s["best_val_score"], s["best_checkpoint"]))
+            jobs.append((score if higher_is_better else -score, checkpoint))
     if not jobs:
         raise ConfigError(f"sweep={sweep_dir}: no job with a summary.json naming a best checkpoint")
     jobs.sort(key=lambda j: j[0], reverse=True)

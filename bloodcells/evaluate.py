@@ -41,11 +41,10 @@ def datamodule_for(predictor: Predictor, cfg: DictConfig) -> BloodCellDataModule
     members' own training data, split as their training run split it."""
     cfg.data.image_size = predictor.image_size
     datamodule = build_datamodule(cfg)
+    model = str(cfg.get("ckpt_path") or "the ensemble members")
     if list(datamodule.class_names) != predictor.class_names:
-        raise DataError(
-            f"{cfg.ckpt_path}: trained on classes {predictor.class_names}, data has {list(datamodule.class_names)}"
-        )
-    use_training_split(datamodule, predictor, str(cfg.ckpt_path))
+        raise DataError(f"{model}: trained on classes {predictor.class_names}, data has {list(datamodule.class_names)}")
+    use_training_split(datamodule, predictor, model)
     return datamodule
 
 

@@ -34,6 +34,7 @@ import lightning.pytorch as pl
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from bloodcells.compat import job_return_value, parse_override, rebuild_optuna_trial, sweep_types
 from bloodcells.errors import ConfigError, Pruned
 
 log = logging.getLogger(__name__)
@@ -63,14 +64,11 @@ class Param:
 
 def parse_space(params: dict[str, Any]) -> tuple[list[Param], list[str]]:
     """Searched parameters and fixed overrides from ``{key: hydra sweep expression}``."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
-
-    parser = OverridesParser.create()
+    ChoiceSweep, IntervalSweep, RangeSweep = sweep_types()
     searched, fixed = [], []
     for key, expression in params.items():
         try:
-            override = parser.parse_override(f"{key}={expression}")
+            override = parse_override(f"{key}={expression}")
         except Exception as err:
             raise ConfigError(f"hydra.sweeper.params.{key}={expression!r}: {err}") from None
         value = override.value()
@@ -158,7 +156,7 @@ def job_outcome(job_return: Any) -> tuple[str, float | None]:
         return "pruned", None
     if job_return.status != JobStatus.COMPLETED:
         return "fail", None
-    value = job_return._return_value  # the job's return (a failed job never gets here)
+    value = job_return_value(job_return)  # a failed job never gets here
     if value is None:  # the job recorded its own failure (error.txt) and returned nothing
         return "fail", None
     return "complete", float(value)
@@ -221,7 +219,7 @@ class OptunaPruning(pl.Callback):
         frozen = next((t for t in study.get_trials(deepcopy=False) if t.number == self.number), None)
         if frozen is None:
             raise ConfigError(f"callbacks.optuna_pruning.trial={self.number}: no such trial in {self.storage}")
-        self.trial = optuna.trial.Trial(study, frozen._trial_id)
+        self.trial = rebuild_optuna_trial(study, frozen)
 
     def on_validation_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         if self.trial is None or trainer.sanity_checking:

@@ -21,6 +21,9 @@ from hydra.experimental.callback import Callback
 from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
 
+from bloodcells.compat import job_return_value
+from bloodcells.config import root_cause
+
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "nll", "ece", "best_val_score", "fit_seconds")
 
 
@@ -122,7 +125,7 @@ class SweepSummary(Callback):
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         if job_return.status == JobStatus.FAILED:
             out = Path(config.hydra.runtime.output_dir)
-            err = job_return._return_value
+            err = root_cause(job_return_value(job_return))
             (out / "error.txt").write_text(f"{type(err).__name__}: {err}\n")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:

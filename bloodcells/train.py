@@ -20,8 +20,8 @@ from omegaconf import DictConfig
 
 from bloodcells.callbacks.tta_ensemble import TTAEnsembleCallback, monitored_checkpoint, ranked_checkpoints
 from bloodcells.checkpoints import load_classifier
+from bloodcells.compat import died_of_sigterm, quiet_worker_sigterm
 from bloodcells.config import CONFIG_DIR, user_errors
-from bloodcells.data.worker_signals import died_of_sigterm
 from bloodcells.ensembling import FITTED_ON
 from bloodcells.errors import Stopped
 from bloodcells.files import owned_run_dir
@@ -64,7 +64,7 @@ def stopped_by_sigterm(trainer: pl.Trainer, err: BaseException) -> bool:
 
     A scheduler signals every process of the job, so loader workers die too and the loader
     raises RuntimeError, possibly before Lightning's SIGTERM handler has recorded the signal.
-    A worker killed by SIGTERM is itself the evidence (see ``data.worker_signals``).
+    A worker killed by SIGTERM is itself the evidence (see ``bloodcells.compat``).
     """
     return isinstance(err, SIGTERMException) or trainer.received_sigterm or died_of_sigterm(err)
 
@@ -86,7 +86,8 @@ def train(cfg: DictConfig) -> dict:
     ckpt_path = resolve_resume(cfg)
     start = time.perf_counter()
     try:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        with quiet_worker_sigterm():
+            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     except (SIGTERMException, RuntimeError) as err:
         if not stopped_by_sigterm(trainer, err):
             raise

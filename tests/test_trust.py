@@ -336,7 +336,7 @@ def test_a_loader_worker_killed_by_sigterm_counts_as_the_job_being_stopped():
 
 
 def test_only_a_worker_death_by_sigterm_is_kept_from_raising_asynchronously():
-    from bloodcells.data.worker_signals import quiet_on_sigterm
+    from bloodcells.compat import quiet_on_sigterm
 
     def torch_handler(message):
         def handler(signum, frame):

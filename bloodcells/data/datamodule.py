@@ -28,14 +28,35 @@ from bloodcells.files import replace_atomically
 log = logging.getLogger(__name__)
 
 
-def read_cache(path: Path) -> dict | None:
-    """A cached cleaning decision, or None if absent or unreadable (then recomputed)."""
+def check_decisions(decided: object, n_images: int, n_classes: int) -> None:
+    """A cleaning decision read back must fit the data: indices in range, known labels."""
+    if not isinstance(decided, dict) or not {"removed", "relabelled", "group_of", "counts"} <= set(decided):
+        raise ValueError("keys missing")
+    removed, relabelled, group_of = decided["removed"], decided["relabelled"], decided["group_of"]
+
+    def index(v: object) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < n_images
+
+    if not isinstance(removed, list) or not all(index(i) for i in removed):
+        raise ValueError("removed: not image indices")
+    if not isinstance(group_of, list) or len(group_of) != n_images or not all(isinstance(g, int) for g in group_of):
+        raise ValueError("group_of: not one group id per image")
+    if not isinstance(relabelled, dict) or not all(
+        k.isdigit() and index(int(k)) and isinstance(v, int) and 0 <= v < n_classes for k, v in relabelled.items()
+    ):
+        raise ValueError("relabelled: not image indices and class ids")
+    if not isinstance(decided["counts"], dict):
+        raise ValueError("counts: not a mapping")
+
+
+def read_cache(path: Path, n_images: int, n_classes: int) -> dict | None:
+    """A cached cleaning decision, or None if absent, unreadable or not fitting the data
+    (then recomputed). Plain JSON, checked value by value: nothing in it is called."""
     if not path.is_file():
         return None
     try:
         decided = json.loads(path.read_text())
-        if not {"removed", "relabelled", "group_of", "counts"} <= set(decided):
-            raise ValueError("keys missing")
+        check_decisions(decided, n_images, n_classes)
     except (ValueError, UnicodeDecodeError) as err:
         log.warning("cleaning cache %s is corrupt (%s); recomputing", path, err)
         return None
@@ -60,7 +81,7 @@ def apply_cleaning(
         key.update(np.ascontiguousarray(data.labels).data)
         key.update(json.dumps(options, sort_keys=True).encode())
         cached = Path(cache_dir) / f"clean-{key.hexdigest()}.json"
-    decided = read_cache(cached) if cached is not None else None
+    decided = read_cache(cached, len(data), len(data.class_names)) if cached is not None else None
     if decided is None:
         report = clean_dataset(data.images, data.labels, data.class_names, **options)
         decided = {

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import timm
 import torch
-from huggingface_hub import constants as hf_constants
 from torch import nn
 
+from bloodcells.compat import hub_offline, hub_offline_flag
 from bloodcells.errors import ConfigError, PretrainedWeightsError
 
 OFFLINE_PREFIX = "offline:"
@@ -149,7 +149,7 @@ HUB_HOST = ("huggingface.co", 443)
 
 def hub_reachable(timeout: float = 3.0) -> bool:
     """One quick TCP connect to the Hugging Face hub (unless HF_HUB_OFFLINE is set)."""
-    if hf_constants.HF_HUB_OFFLINE:
+    if hub_offline_flag():
         return False
     try:
         socket.create_connection(HUB_HOST, timeout=timeout).close()
@@ -162,10 +162,9 @@ def download_pretrained(name: str, **kwargs) -> nn.Module:
     """timm's download; offline (or hub unreachable) only the local Hugging Face cache is
     tried, so the failure comes at once instead of after a minute of retries."""
     online = hub_reachable()
-    offline_flag = hf_constants.HF_HUB_OFFLINE
-    hf_constants.HF_HUB_OFFLINE = offline_flag or not online
     try:
-        return timm.create_model(name, pretrained=True, **kwargs)
+        with hub_offline(not online):
+            return timm.create_model(name, pretrained=True, **kwargs)
     except (OSError, RuntimeError, ValueError) as err:
         reason = "no internet connection to the Hugging Face hub" if not online else f"{type(err).__name__}: {err}"
         raise PretrainedWeightsError(
@@ -173,8 +172,6 @@ def download_pretrained(name: str, **kwargs) -> nn.Module:
             f"(weights from a PyPI wheel), or pass model.weights=/path/to/{name}.safetensors, or train "
             "from scratch with model.pretrained=false"
         ) from None
-    finally:
-        hf_constants.HF_HUB_OFFLINE = offline_flag
 
 
 def backbone_norm(backbone: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:

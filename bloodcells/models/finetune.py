@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from timm.models import group_parameters
 from torch import nn
 
+from bloodcells.compat import batchnorm_base
 from bloodcells.errors import ConfigError
 
 
@@ -93,7 +94,8 @@ def batchnorm_blocks(backbone: nn.Module, blocks: list[list[str]]) -> list[list[
     """The BatchNorm layers of each block (a BN layer belongs to the block of its weight)."""
     block_of = {name: i for i, names in enumerate(blocks) for name in names}
     result: list[list[nn.Module]] = [[] for _ in blocks]
+    batchnorm = batchnorm_base()
     for name, module in backbone.named_modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and f"{name}.weight" in block_of:
+        if isinstance(module, batchnorm) and f"{name}.weight" in block_of:
             result[block_of[f"{name}.weight"]].append(module)
     return result

@@ -17,6 +17,7 @@ import lightning.pytorch as pl
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from bloodcells.compat import attached_trainer
 from bloodcells.metrics import validation_metrics
 from bloodcells.models.backbones import backbone_norm, create_backbone
 from bloodcells.models.finetune import FinetuneSchedule, backbone_blocks, batchnorm_blocks
@@ -125,7 +126,7 @@ class CellClassifier(pl.LightningModule):
     def train(self, mode: bool = True) -> CellClassifier:
         """Lightning calls ``train()`` after every validation; keep frozen BN in eval."""
         super().train(mode)
-        if mode and self._trainer is not None:
+        if mode and attached_trainer(self) is not None:
             self._set_bn_modes(self.frozen_blocks(self.current_epoch))
         return self
 

@@ -17,6 +17,7 @@ import math
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
+from bloodcells.compat import set_last_lr
 from bloodcells.errors import ConfigError
 from bloodcells.models.finetune import FinetuneSchedule
 
@@ -90,7 +91,7 @@ class StagedLR(LRScheduler):
         lrs = self.get_lr()
         for group, lr in zip(self.optimizer.param_groups, lrs):
             group["lr"] = lr
-        self._last_lr = lrs
+        set_last_lr(self, lrs)
 
     def epoch_at(self, step: int) -> float:
         return max(0, step) / self.steps_per_epoch
