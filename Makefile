@@ -4,7 +4,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: install train test test-fast lint bench clean
+FLOORS_VENV ?= .venv-floors
+
+.PHONY: install train test test-fast test-floors lint bench clean
 
 install: $(VENV)/.installed
 
@@ -21,6 +23,11 @@ test: install  ## the whole suite, slow tests included
 
 test-fast: install  ## inner loop: skips the tests that train for several epochs
 	$(PY) -m pytest -q -m "not slow"
+
+test-floors:  ## the fast tests on the lowest versions pyproject.toml declares (.ci/floors.txt)
+	$(PYTHON) -m venv $(FLOORS_VENV)
+	$(FLOORS_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -c .ci/floors.txt -e '.[dev]'
+	$(FLOORS_VENV)/bin/python -m pytest -q -m "not slow" -p no:cacheprovider
 
 lint: install
 	$(PY) -m ruff check bloodcells hydra_plugins tests bench
