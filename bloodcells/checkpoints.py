@@ -73,18 +73,15 @@ def safe_load(ckpt_path: object, option: str = "ckpt_path") -> dict[str, Any]:
 
 def check_callback_states(checkpoint: dict, path: Path) -> None:
     """Lightning restores ModelCheckpoint's file lists on resume and later deletes the files
-    that drop out of the top k: every path it lists must be a .ckpt under its own dirpath."""
+    that drop out of the top k. It deletes a local file only inside its own dirpath, but any
+    remote URL (``s3://``, ``memory://``...): so every listed path must be a local path."""
     for key, state in (checkpoint.get("callbacks") or {}).items():
         if not isinstance(state, dict) or "best_k_models" not in state:
             continue
-        dirpath = state.get("dirpath")
         listed = [*(state.get("best_k_models") or {}), state.get("best_model_path"), state.get("last_model_path")]
         for file in filter(None, listed):
-            inside = isinstance(file, str) and isinstance(dirpath, str) and file.endswith(".ckpt")
-            if not inside or Path(file).resolve().parent != Path(dirpath).resolve():
-                raise CheckpointError(
-                    f"{path}: refused, callbacks[{key!r}] lists {file!r} outside its checkpoint dir {dirpath!r}"
-                )
+            if not isinstance(file, str) or "://" in file:
+                raise CheckpointError(f"{path}: refused, callbacks[{key!r}] lists {file!r}, not a local file path")
 
 
 def load_classifier(ckpt_path: object, map_location: str | torch.device = "cpu") -> CellClassifier:

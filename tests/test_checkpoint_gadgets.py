@@ -91,6 +91,7 @@ OPTIM_GADGET = {
         ("optim", {"name": "rmsprop", "lr": 0.1}, "optim.name='rmsprop'"),
         ("optim", {"name": "adam", "lr": 0.1, "foreach": True}, "optim.foreach=True: unknown key"),
         ("optim", {"name": "adam", "lr": float("nan")}, "optim.lr=nan"),
+        ("optim", {"name": "adam", "lr": -0.1}, "optim.lr=-0.1"),
         ("loss", {"name": "focal", "reduction": "none"}, "loss.reduction='none': unknown key"),
         ("loss", {"name": "focal", "class_weights": "os.system"}, "loss.class_weights='os.system'"),
         ("sched", {"decay": "cosine", "_target_": "io.open"}, "sched._target_='io.open': unknown key"),
@@ -134,13 +135,14 @@ def test_the_targets_that_bloodcells_wrote_migrate_to_names(scene):
     torch.testing.assert_close(model.state_dict(), scene["model"].state_dict())
 
 
-def test_a_callback_state_that_lists_files_outside_its_dir_is_refused(scene):
-    """Lightning deletes files that drop out of a restored top-k list."""
+def test_a_callback_state_that_lists_a_remote_url_is_refused(scene):
+    """Lightning deletes files that drop out of a restored top-k list: local ones only inside
+    its checkpoint dir (its own guard), remote ones anywhere."""
     path = scene["dir"] / "crafted.ckpt"
-    state = {"dirpath": str(scene["dir"] / "checkpoints"), "best_k_models": {str(scene["victim"]): 0.1}}
+    state = {"dirpath": str(scene["dir"] / "checkpoints"), "best_k_models": {"s3://bucket/their-model.ckpt": 0.1}}
     body = {"state_dict": scene["model"].state_dict(), "hyper_parameters": scene["hparams"]}
     torch.save({**body, "callbacks": {"ModelCheckpoint{}": state}}, path)
-    with pytest.raises(CheckpointError, match="outside its checkpoint dir"):
+    with pytest.raises(CheckpointError, match="not a local file path"):
         safe_load(path)
 
 

@@ -95,7 +95,7 @@ LOSS = {
 }
 _OPTIM_COMMON = {
     "name": (_one_of(*OPTIMIZERS), f"one of {', '.join(OPTIMIZERS)}"),
-    "lr": (_number(0, 10, lo_open=True), "a number in (0, 10]"),
+    "lr": (_number(0, 10), "a number in [0, 10]"),
     "weight_decay": (_number(0, 10), "a number in [0, 10]"),
     "head_weight_decay": (_optional(_number(0, 10)), "null or a number in [0, 10]"),
 }
