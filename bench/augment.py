@@ -16,10 +16,10 @@ import torch
 from common import compose_train, emit
 from hydra.utils import instantiate
 
-from bloodcells.config import CONFIG_DIR, PROJECT_ROOT
+from bloodcells.core.hydra import CONFIG_DIR, PROJECT_ROOT
 from bloodcells.data.readers import read_folder
 from bloodcells.data.transforms import build_pipeline, to_tensor
-from bloodcells.instantiate import build_model
+from bloodcells.runs.build import build_model
 
 
 def pipeline_rate(name: str, images, run_dir: Path) -> float:

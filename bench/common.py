@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from bloodcells.config import compose_config  # noqa: E402
+from bloodcells.core.hydra import compose_config  # noqa: E402
 
 
 def compose_train(overrides: list[str], run_dir: Path) -> DictConfig:

@@ -21,12 +21,12 @@ import numpy as np
 from common import emit
 from PIL import Image
 
-from bloodcells.clean import write_clean_outputs
-from bloodcells.data.contact_sheet import contact_sheet
-from bloodcells.data.dedup import best_correlation, clean_dataset, hamming_pairs, thumbnails
-from bloodcells.data.hashing import dihedral_hashes
+from bloodcells.cleaning.contact_sheet import contact_sheet
+from bloodcells.cleaning.hashing import dihedral_hashes
+from bloodcells.cleaning.pipeline import best_correlation, clean_dataset, hamming_pairs, thumbnails
+from bloodcells.cleaning.planting import plant_pollution
 from bloodcells.data.readers import read_folder
-from tests.planting import plant_pollution
+from bloodcells.runs.clean import write_clean_outputs
 
 
 def imagehash_loop(images: np.ndarray) -> list[list[imagehash.ImageHash]]:

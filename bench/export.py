@@ -20,13 +20,13 @@ import onnxruntime as ort
 import torch
 from common import emit
 
-from bloodcells.checkpoints import load_classifier
-from bloodcells.config import PROJECT_ROOT
+from bloodcells.core.hydra import PROJECT_ROOT
 from bloodcells.data.readers import read_folder
-from bloodcells.deploy import DeployedPredictor
-from bloodcells.export import export_onnx, export_pt2
-from bloodcells.predictor import Predictor
-from bloodcells.tta import TTA
+from bloodcells.inference.checkpoints import load_classifier
+from bloodcells.inference.deploy import DeployedPredictor
+from bloodcells.inference.predictor import Predictor
+from bloodcells.inference.tta import TTA
+from bloodcells.runs.export import export_onnx, export_pt2
 
 
 def images_per_second(run, batch: np.ndarray, min_seconds: float = 3.0) -> float:

@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 from common import emit
 
-from bloodcells.data.dedup import hamming_pairs
-from bloodcells.data.hamming_index import HammingIndex
-from bloodcells.data.hashing import dihedral_hashes
+from bloodcells.cleaning.hamming_index import HammingIndex
+from bloodcells.cleaning.hashing import dihedral_hashes
+from bloodcells.cleaning.pipeline import hamming_pairs
+from bloodcells.cleaning.planting import plant_pollution
 from bloodcells.data.readers import read_folder
-from tests.planting import plant_pollution
 
 ROOT = Path(__file__).resolve().parents[2] / "shared/data/pbc96/train"
 

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from common import compose_train, emit, pbc96_cache
 
-from bloodcells.instantiate import build_datamodule, build_model
 from bloodcells.models.backbones import create_backbone
+from bloodcells.runs.build import build_datamodule, build_model
 
 
 class StepTimer(pl.Callback):

@@ -21,13 +21,13 @@ import numpy as np
 import torch
 from common import compose_train, emit
 
-from bloodcells.checkpoints import load_classifier
 from bloodcells.data.readers import read_folder
-from bloodcells.ensembling import evaluate_variant
-from bloodcells.instantiate import build_datamodule
-from bloodcells.predictor import Predictor, Scores
-from bloodcells.train import train
-from bloodcells.tta import GEOMETRIC_VIEWS, TTA
+from bloodcells.inference.checkpoints import load_classifier
+from bloodcells.inference.ensembling import evaluate_variant
+from bloodcells.inference.predictor import Predictor, Scores
+from bloodcells.inference.tta import GEOMETRIC_VIEWS, TTA
+from bloodcells.runs.build import build_datamodule
+from bloodcells.runs.train import train
 
 DIHEDRAL = GEOMETRIC_VIEWS["dihedral"]
 SUBSETS = {name: [DIHEDRAL.index(v) for v in views] for name, views in GEOMETRIC_VIEWS.items()}

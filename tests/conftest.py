@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from omegaconf import DictConfig, OmegaConf
 
-from bloodcells.config import PROJECT_ROOT, compose_config
+from bloodcells.core.hydra import PROJECT_ROOT, compose_config
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # an attempted download fails at once, not after retries
 

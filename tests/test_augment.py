@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from hydra.utils import instantiate
 
-from bloodcells.config import CONFIG_DIR
+from bloodcells.core.hydra import CONFIG_DIR
 from bloodcells.data.augment import OPS, AugMix, GridMask, RandAugment
 from bloodcells.data.transforms import build_pipeline
 from tests.conftest import compose_config
@@ -97,7 +97,7 @@ def test_a_misspelt_argument_is_caught():
 def test_preview_writes_a_grid(tmp_path):
     from PIL import Image
 
-    from bloodcells.preview import preview
+    from bloodcells.runs.preview import preview
 
     cfg = compose_config("preview", ["aug=randaug", "n=3"], tmp_path)
     out = preview(cfg)

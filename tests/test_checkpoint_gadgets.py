@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from bloodcells.checkpoints import load_classifier, safe_load
-from bloodcells.config import PROJECT_ROOT
-from bloodcells.errors import CheckpointError
+from bloodcells.core.errors import CheckpointError
+from bloodcells.core.hydra import PROJECT_ROOT
+from bloodcells.inference.checkpoints import load_classifier, safe_load
 from bloodcells.models.hparams import migrate_hparams
 from tests.conftest import run_train_cli, tiny_classifier
 from tests.test_trust import assert_one_line_error, run_cli

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from bloodcells import compat
+from bloodcells.core import compat
 from bloodcells.data.datamodule import ImageArrayDataset
 from bloodcells.data.transforms import build_pipeline
 from bloodcells.data.worker_signals import SignalSafeLoader

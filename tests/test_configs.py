@@ -8,7 +8,7 @@ import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from bloodcells.config import CONFIG_DIR
+from bloodcells.core.hydra import CONFIG_DIR
 from tests.conftest import compose_config
 
 GROUPS = sorted(p.name for p in Path(CONFIG_DIR).iterdir() if p.is_dir() and any(p.glob("*.yaml")))

@@ -11,10 +11,10 @@ import torch
 
 from bloodcells.callbacks import time_budget
 from bloodcells.callbacks.time_budget import TimeBudget
-from bloodcells.errors import ConfigError
-from bloodcells.instantiate import build_datamodule, build_model, build_trainer
+from bloodcells.core.errors import ConfigError
 from bloodcells.models.finetune import FinetuneSchedule
 from bloodcells.models.schedulers import StagedLR
+from bloodcells.runs.build import build_datamodule, build_model, build_trainer
 from tests.conftest import compose_config
 
 FAST = ["model=tiny", "data.num_workers=0", "trainer.enable_progress_bar=false", "callbacks.tta_ensemble=null"]

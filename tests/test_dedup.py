@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bloodcells.clean import clean
-from bloodcells.data.dedup import clean_dataset, cross_duplicates, hamming_pairs, union_find_groups
-from bloodcells.data.hashing import dihedral_hashes, hex_hash, image_hash
+from bloodcells.cleaning.hashing import dihedral_hashes, hex_hash, image_hash
+from bloodcells.cleaning.pipeline import clean_dataset, cross_duplicates, hamming_pairs, union_find_groups
+from bloodcells.cleaning.planting import plant_pollution
 from bloodcells.data.readers import DataError, read_folder
 from bloodcells.data.split import stratified_split
+from bloodcells.runs.clean import clean
 from tests.conftest import SAMPLE_DIR, compose_config
-from tests.planting import plant_pollution
 
 REFERENCE = {"phash": imagehash.phash, "dhash": imagehash.dhash, "average": imagehash.average_hash}
 
@@ -177,7 +177,7 @@ def planted_hashes(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 
 def test_multi_index_finds_exactly_the_all_pairs_answer_on_the_sample_and_random_hashes(sample, rng):
-    from bloodcells.data.hamming_index import HammingIndex
+    from bloodcells.cleaning.hamming_index import HammingIndex
 
     real = planted_hashes(sample.images, sample.labels)
     random = rng.integers(0, 2**63, size=(3000, 8), dtype=np.int64).astype(np.uint64)
@@ -198,7 +198,7 @@ def test_multi_index_finds_exactly_the_all_pairs_answer_on_the_sample_and_random
 @pytest.mark.slow
 @pytest.mark.skipif(not PBC96.is_dir(), reason="needs ../shared/data/pbc96")
 def test_multi_index_finds_exactly_the_all_pairs_answer_on_pbc96_with_planted_items():
-    from bloodcells.data.hamming_index import HammingIndex
+    from bloodcells.cleaning.hamming_index import HammingIndex
 
     data = read_folder(PBC96)
     hashes = planted_hashes(data.images, data.labels)

@@ -11,16 +11,16 @@ import numpy as np
 import pytest
 import torch
 
-from bloodcells.checkpoints import load_classifier
-from bloodcells.config import PROJECT_ROOT
+from bloodcells.core.hydra import PROJECT_ROOT
 from bloodcells.data.resize import resize_images
-from bloodcells.ensemble import ensemble
-from bloodcells.ensemble_file import load_predictor
-from bloodcells.ensembling import evaluate_variant, fit_weights
-from bloodcells.evaluate import evaluate
-from bloodcells.predict import predict
-from bloodcells.predictor import Predictor
-from bloodcells.tta import TTA
+from bloodcells.inference.checkpoints import load_classifier
+from bloodcells.inference.ensemble_file import load_predictor
+from bloodcells.inference.ensembling import evaluate_variant, fit_weights
+from bloodcells.inference.predictor import Predictor
+from bloodcells.inference.tta import TTA
+from bloodcells.runs.ensemble import ensemble
+from bloodcells.runs.evaluate import evaluate
+from bloodcells.runs.predict import predict
 from tests.conftest import compose_config, save_checkpoint, tiny_classifier
 from tests.test_tta import loader_of
 
@@ -115,7 +115,7 @@ def test_predict_with_an_ensemble_file_writes_the_ensemble_commands_probabilitie
 
 
 def test_a_checkpoints_stored_temperature_applies_only_to_its_tta(two_checkpoints):
-    from bloodcells.checkpoints import write_calibration
+    from bloodcells.inference.checkpoints import write_calibration
 
     ckpt = two_checkpoints[1]
     write_calibration(

@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from bloodcells.config import PROJECT_ROOT
+from bloodcells.core.hydra import PROJECT_ROOT
 from bloodcells.data.readers import read_folder
-from bloodcells.ensemble import ensemble
-from bloodcells.evaluate import evaluate
-from bloodcells.gradcam import default_layer, grad_cam
 from bloodcells.models.backbones import create_backbone
-from bloodcells.report_html import SECTIONS
-from bloodcells.train import train
+from bloodcells.reporting.gradcam import default_layer, grad_cam
+from bloodcells.reporting.html import SECTIONS
+from bloodcells.runs.ensemble import ensemble
+from bloodcells.runs.evaluate import evaluate
+from bloodcells.runs.train import train
 from tests.conftest import compose_config, tiny_classifier
 
 SAMPLE = PROJECT_ROOT / "data" / "sample"

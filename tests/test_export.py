@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from bloodcells.config import PROJECT_ROOT
+from bloodcells.core.hydra import PROJECT_ROOT
 from bloodcells.data.datamodule import array_loader
 from bloodcells.data.readers import read_folder
-from bloodcells.deploy import DeployedPredictor
-from bloodcells.ensemble_file import load_predictor, write_ensemble_file
-from bloodcells.export import export, export_onnx, export_pt2
-from bloodcells.predictor import Predictor
-from bloodcells.tta import TTA
+from bloodcells.inference.deploy import DeployedPredictor
+from bloodcells.inference.ensemble_file import load_predictor, write_ensemble_file
+from bloodcells.inference.predictor import Predictor
+from bloodcells.inference.tta import TTA
+from bloodcells.runs.export import export, export_onnx, export_pt2
 from tests.conftest import compose_config, save_checkpoint, tiny_classifier
 
 SAMPLE = PROJECT_ROOT / "data" / "sample"

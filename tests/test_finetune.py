@@ -10,10 +10,10 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-from bloodcells.evaluate import evaluate
-from bloodcells.instantiate import build_datamodule, build_model, build_trainer
 from bloodcells.models.finetune import FinetuneSchedule, Stage
-from bloodcells.train import resolve_resume
+from bloodcells.runs.build import build_datamodule, build_model, build_trainer
+from bloodcells.runs.evaluate import evaluate
+from bloodcells.runs.train import resolve_resume
 from tests.conftest import compose_config, run_train_cli
 
 STAGED = [

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from bloodcells.data import image_cache, readers
-from bloodcells.instantiate import build_datamodule
+from bloodcells.runs.build import build_datamodule
 from tests.conftest import PROJECT_ROOT, SAMPLE_DIR, compose_config
 
 

@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 
 from bloodcells.callbacks.early_stopping import StagedEarlyStopping
-from bloodcells.config import PROJECT_ROOT
-from bloodcells.evaluate import evaluate
-from bloodcells.instantiate import build_datamodule, build_model, build_trainer
-from bloodcells.metrics import compute_metrics
+from bloodcells.core.hydra import PROJECT_ROOT
+from bloodcells.inference.metrics import compute_metrics
+from bloodcells.runs.build import build_datamodule, build_model, build_trainer
+from bloodcells.runs.evaluate import evaluate
 from tests.conftest import compose_config, save_checkpoint, tiny_classifier
 from tests.test_trust import run_cli
 

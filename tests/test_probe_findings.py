@@ -13,12 +13,13 @@ import pytest
 import torch
 from PIL import Image
 
-from bloodcells.checkpoints import AtomicCheckpointIO, load_classifier
-from bloodcells.config import PROJECT_ROOT, user_errors
+from bloodcells.core.cli import user_errors
+from bloodcells.core.errors import CheckpointError
+from bloodcells.core.files import owned_run_dir
+from bloodcells.core.hydra import PROJECT_ROOT
 from bloodcells.data.readers import load_image, read_folder
-from bloodcells.ensemble_file import read_ensemble_file
-from bloodcells.errors import CheckpointError
-from bloodcells.files import owned_run_dir
+from bloodcells.inference.checkpoints import AtomicCheckpointIO, load_classifier
+from bloodcells.inference.ensemble_file import read_ensemble_file
 from tests.conftest import SAMPLE_DIR, run_train_cli, save_checkpoint, tiny_classifier
 from tests.test_trust import assert_one_line_error, run_cli
 

@@ -18,11 +18,11 @@ from bloodcells import CLASS_NAMES
 from bloodcells.data.datamodule import BloodCellDataModule
 from bloodcells.data.readers import read_folder, read_npz, read_unlabelled
 from bloodcells.data.resize import resize_array, resize_images
-from bloodcells.deploy import DeployedPredictor
-from bloodcells.ensemble_file import load_predictor
-from bloodcells.evaluate import evaluate
-from bloodcells.export import export
-from bloodcells.predict import predict
+from bloodcells.inference.deploy import DeployedPredictor
+from bloodcells.inference.ensemble_file import load_predictor
+from bloodcells.runs.evaluate import evaluate
+from bloodcells.runs.export import export
+from bloodcells.runs.predict import predict
 from tests.conftest import SAMPLE_DIR, compose_config, save_checkpoint, tiny_classifier
 from tests.test_export import BLOCKER
 

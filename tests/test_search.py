@@ -6,7 +6,7 @@ import optuna
 import pytest
 import yaml
 
-from bloodcells.search import parse_space
+from bloodcells.sweeps.search import parse_space
 from tests.conftest import run_train_cli
 
 SEARCH = [
@@ -75,8 +75,8 @@ def test_a_search_on_other_data_or_another_model_gets_its_own_study(tmp_path):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from bloodcells.config import CONFIG_DIR
-    from bloodcells.search import problem_key
+    from bloodcells.core.hydra import CONFIG_DIR
+    from bloodcells.sweeps.search import problem_key
 
     def key(*overrides: str) -> str:
         GlobalHydra.instance().clear()

@@ -7,7 +7,7 @@ import csv
 
 import pytest
 
-from bloodcells.summarize import aggregate, without_seed
+from bloodcells.sweeps.summary import aggregate, without_seed
 from tests.conftest import run_train_cli
 
 SWEEP = ["-m", "+trainer.fast_dev_run=true", "callbacks=none", "aug=none,standard", "seed=1,2"]
@@ -102,7 +102,7 @@ def test_slurm_launcher_takes_tasks_from_the_trainer_and_leaves_requeue_to_submi
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
-    from bloodcells.config import CONFIG_DIR
+    from bloodcells.core.hydra import CONFIG_DIR
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from bloodcells.checkpoints import load_classifier
-from bloodcells.config import PROJECT_ROOT
-from bloodcells.evaluate import evaluate
-from bloodcells.predict import predict
-from bloodcells.train import train
+from bloodcells.core.hydra import PROJECT_ROOT
+from bloodcells.inference.checkpoints import load_classifier
+from bloodcells.runs.evaluate import evaluate
+from bloodcells.runs.predict import predict
+from bloodcells.runs.train import train
 from tests.conftest import compose_config, run_train_cli
 
 
@@ -107,7 +107,7 @@ def test_weighted_sampler_and_focal_loss_train(train_cfg):
 
 @pytest.mark.parametrize("kind", ["npz", "folder", "medmnist"])
 def test_every_reader_config_builds_a_datamodule(kind, tmp_path, make_images):
-    from bloodcells.instantiate import build_datamodule
+    from bloodcells.runs.build import build_datamodule
 
     labels = (np.arange(40) % 8).reshape(40, 1)
     if kind == "npz":

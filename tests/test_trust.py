@@ -18,19 +18,19 @@ import pytest
 import torch
 from PIL import Image
 
-from bloodcells.checkpoints import load_classifier, safe_load, upgrade
-from bloodcells.config import PROJECT_ROOT
+from bloodcells.cleaning.pipeline import clean_dataset
+from bloodcells.core.errors import CheckpointError, ConfigError, DataError
+from bloodcells.core.hydra import PROJECT_ROOT
 from bloodcells.data.datamodule import apply_cleaning
-from bloodcells.data.dedup import clean_dataset
 from bloodcells.data.readers import ImageSet, read_folder, read_unlabelled
-from bloodcells.errors import CheckpointError, ConfigError, DataError
-from bloodcells.evaluate import evaluate
-from bloodcells.instantiate import build_datamodule
+from bloodcells.inference.checkpoints import load_classifier, safe_load, upgrade
 from bloodcells.models.finetune import FinetuneSchedule
 from bloodcells.models.losses import class_weights
-from bloodcells.predict import predict
-from bloodcells.preview import preview
-from bloodcells.resume import resolve_resume
+from bloodcells.runs.build import build_datamodule
+from bloodcells.runs.evaluate import evaluate
+from bloodcells.runs.predict import predict
+from bloodcells.runs.preview import preview
+from bloodcells.runs.resume import resolve_resume
 from tests.conftest import FAST_TRAIN, compose_config, run_train_cli, save_checkpoint, tiny_classifier
 
 SAMPLE = PROJECT_ROOT / "data" / "sample"
@@ -326,7 +326,7 @@ def test_a_corrupt_cleaning_cache_is_recomputed_with_a_warning(tmp_path, make_im
 def test_a_loader_worker_killed_by_sigterm_counts_as_the_job_being_stopped():
     from types import SimpleNamespace
 
-    from bloodcells.train import stopped_by_sigterm
+    from bloodcells.runs.train import stopped_by_sigterm
 
     not_yet = SimpleNamespace(received_sigterm=False)  # torch raised before Lightning saw the signal
     assert stopped_by_sigterm(not_yet, RuntimeError("DataLoader worker (pid 7) is killed by signal: Terminated. "))
@@ -336,7 +336,7 @@ def test_a_loader_worker_killed_by_sigterm_counts_as_the_job_being_stopped():
 
 
 def test_only_a_worker_death_by_sigterm_is_kept_from_raising_asynchronously():
-    from bloodcells.compat import quiet_on_sigterm
+    from bloodcells.core.compat import quiet_on_sigterm
 
     def torch_handler(message):
         def handler(signum, frame):

@@ -8,13 +8,13 @@ import torch
 from torch.utils.data import DataLoader
 from torchmetrics.classification import MulticlassCalibrationError
 
-from bloodcells.calibration import apply_temperature, expected_calibration_error, fit_temperature, nll
+from bloodcells.core.errors import ConfigError
 from bloodcells.data.datamodule import ImageArrayDataset
 from bloodcells.data.transforms import build_pipeline
-from bloodcells.errors import ConfigError
+from bloodcells.inference.calibration import apply_temperature, expected_calibration_error, fit_temperature, nll
+from bloodcells.inference.predictor import Predictor
+from bloodcells.inference.tta import TTA, apply_view
 from bloodcells.models.module import CellClassifier
-from bloodcells.predictor import Predictor
-from bloodcells.tta import TTA, apply_view
 from tests.conftest import tiny_classifier
 
 

@@ -23,7 +23,7 @@ import time
 
 import lightning.pytorch as pl
 
-from bloodcells.errors import ConfigError
+from bloodcells.core.errors import ConfigError
 from bloodcells.models.schedulers import StagedLR
 
 log = logging.getLogger("bloodcells.train")

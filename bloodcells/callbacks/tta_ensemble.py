@@ -16,12 +16,12 @@ from pathlib import Path
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from bloodcells.checkpoints import load_classifier, write_calibration
-from bloodcells.ensemble_file import write_ensemble_file
-from bloodcells.ensembling import FITTED_ON, VariantResult, compare_variants
-from bloodcells.errors import check_positive
-from bloodcells.predictor import Predictor, Scores
-from bloodcells.tta import NO_TTA, TTA
+from bloodcells.core.errors import check_positive
+from bloodcells.inference.checkpoints import load_classifier, write_calibration
+from bloodcells.inference.ensemble_file import write_ensemble_file
+from bloodcells.inference.ensembling import FITTED_ON, VariantResult, compare_variants
+from bloodcells.inference.predictor import Predictor, Scores
+from bloodcells.inference.tta import NO_TTA, TTA
 
 log = logging.getLogger(__name__)
 

@@ -16,14 +16,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from bloodcells.data.dedup import clean_dataset
+from bloodcells.cleaning.pipeline import clean_dataset
+from bloodcells.core.errors import ConfigError, DataError, check_choice, check_positive
+from bloodcells.core.files import replace_atomically
 from bloodcells.data.readers import ImageSet
 from bloodcells.data.sampling import EpochSampler
 from bloodcells.data.split import stratified_split
 from bloodcells.data.transforms import build_pipeline, to_tensor
 from bloodcells.data.worker_signals import SignalSafeLoader
-from bloodcells.errors import ConfigError, DataError, check_choice, check_positive
-from bloodcells.files import replace_atomically
 
 log = logging.getLogger(__name__)
 

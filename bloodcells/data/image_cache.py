@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bloodcells.core.errors import DataError
+from bloodcells.core.files import replace_atomically
 from bloodcells.data.readers import (
     CLASS_NAMES,
     ImageSet,
@@ -30,8 +32,6 @@ from bloodcells.data.readers import (
     warn_resized,
 )
 from bloodcells.data.resize import resize_array
-from bloodcells.errors import DataError
-from bloodcells.files import replace_atomically
 
 log = logging.getLogger(__name__)
 

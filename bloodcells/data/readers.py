@@ -19,8 +19,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from bloodcells import CLASS_NAMES
+from bloodcells.core.errors import DataError
 from bloodcells.data.resize import resize_array
-from bloodcells.errors import DataError
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bloodcells.errors import ConfigError, DataError
+from bloodcells.core.errors import ConfigError, DataError
 
 
 def stratified_split(

@@ -14,7 +14,7 @@ from typing import Any
 
 from torch.utils.data import DataLoader
 
-from bloodcells.compat import wrap_sigchld_handler
+from bloodcells.core.compat import wrap_sigchld_handler
 
 
 class SignalSafeLoader(DataLoader):

@@ -18,8 +18,8 @@ import timm
 import torch
 from torch import nn
 
-from bloodcells.compat import hub_offline, hub_offline_flag
-from bloodcells.errors import ConfigError, PretrainedWeightsError
+from bloodcells.core.compat import hub_offline, hub_offline_flag
+from bloodcells.core.errors import ConfigError, PretrainedWeightsError
 
 OFFLINE_PREFIX = "offline:"
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from timm.models import group_parameters
 from torch import nn
 
-from bloodcells.compat import batchnorm_base
-from bloodcells.errors import ConfigError
+from bloodcells.core.compat import batchnorm_base
+from bloodcells.core.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from timm.optim import Lion
 
-from bloodcells.errors import CheckpointError, ConfigError, UserError
+from bloodcells.core.errors import CheckpointError, ConfigError, UserError
 
 LOSSES = ("focal",)
 """Loss names; ``bloodcells.models.losses.build_loss`` maps them to classes."""

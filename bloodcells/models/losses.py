@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bloodcells.errors import ConfigError
+from bloodcells.core.errors import ConfigError
 
 
 class FocalLoss(nn.Module):

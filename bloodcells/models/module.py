@@ -17,8 +17,9 @@ import lightning.pytorch as pl
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from bloodcells.compat import attached_trainer
-from bloodcells.metrics import validation_metrics
+from bloodcells.core.compat import attached_trainer
+from bloodcells.inference.metrics import validation_metrics
+from bloodcells.inference.stored import DATA_RECORD
 from bloodcells.models.backbones import backbone_norm, create_backbone
 from bloodcells.models.finetune import FinetuneSchedule, backbone_blocks, batchnorm_blocks
 from bloodcells.models.heads import MLPHead
@@ -26,7 +27,6 @@ from bloodcells.models.hparams import check_hparams
 from bloodcells.models.losses import build_loss, class_weights
 from bloodcells.models.optimizers import make_optimizer
 from bloodcells.models.schedulers import StagedLR
-from bloodcells.stored import DATA_RECORD
 
 
 def to_plain(value: Any) -> Any:

@@ -17,8 +17,8 @@ import math
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
-from bloodcells.compat import set_last_lr
-from bloodcells.errors import ConfigError
+from bloodcells.core.compat import set_last_lr
+from bloodcells.core.errors import ConfigError
 from bloodcells.models.finetune import FinetuneSchedule
 
 

@@ -11,7 +11,7 @@ from hydra.core.plugins import Plugins
 from hydra.plugins.sweeper import Sweeper
 from omegaconf import DictConfig, OmegaConf
 
-from bloodcells.search import (
+from bloodcells.sweeps.search import (
     job_outcome,
     open_study,
     parse_space,

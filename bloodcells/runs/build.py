@@ -6,9 +6,9 @@ import lightning.pytorch as pl
 from lightning.pytorch.plugins import CheckpointIO
 from omegaconf import DictConfig, OmegaConf
 
-from bloodcells.checkpoints import AtomicCheckpointIO
-from bloodcells.config import instantiate, require_values
+from bloodcells.core.hydra import instantiate, require_values
 from bloodcells.data.datamodule import BloodCellDataModule
+from bloodcells.inference.checkpoints import AtomicCheckpointIO
 from bloodcells.models.module import CellClassifier
 
 

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from bloodcells.errors import ConfigError
+from bloodcells.core.errors import ConfigError
 
 
 def replace_atomically(path: Path, write: Callable[[str], None]) -> None:

@@ -13,14 +13,15 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from bloodcells.checkpoints import load_classifier
-from bloodcells.config import CONFIG_DIR, user_errors
+from bloodcells.core.cli import user_errors
+from bloodcells.core.errors import check_choice, check_positive
+from bloodcells.core.hydra import CONFIG_DIR
 from bloodcells.data.datamodule import array_loader
 from bloodcells.data.readers import read_unlabelled
-from bloodcells.errors import check_choice, check_positive
-from bloodcells.evaluate import SPLITS, datamodule_for
-from bloodcells.gradcam import explanation_figures
-from bloodcells.predictor import Predictor, resolve_device
+from bloodcells.inference.checkpoints import load_classifier
+from bloodcells.inference.predictor import Predictor, resolve_device
+from bloodcells.reporting.gradcam import explanation_figures
+from bloodcells.runs.evaluate import SPLITS, datamodule_for
 
 
 def explain(cfg: DictConfig) -> dict[str, str]:

@@ -19,18 +19,25 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
 from bloodcells.callbacks.tta_ensemble import TTAEnsembleCallback, monitored_checkpoint, ranked_checkpoints
-from bloodcells.checkpoints import load_classifier
-from bloodcells.compat import died_of_sigterm, quiet_worker_sigterm
-from bloodcells.config import CONFIG_DIR, user_errors
-from bloodcells.ensembling import FITTED_ON
-from bloodcells.errors import Stopped
-from bloodcells.files import owned_run_dir
-from bloodcells.instantiate import build_datamodule, build_model, build_trainer
-from bloodcells.metrics import compute_metrics
-from bloodcells.predictor import Predictor
-from bloodcells.report_html import report_run
-from bloodcells.reports import format_comparison, format_summary, plot_reliability, write_comparison, write_evaluation
-from bloodcells.resume import resolve_resume
+from bloodcells.core.cli import user_errors
+from bloodcells.core.compat import died_of_sigterm, quiet_worker_sigterm
+from bloodcells.core.errors import Stopped
+from bloodcells.core.files import owned_run_dir
+from bloodcells.core.hydra import CONFIG_DIR
+from bloodcells.inference.checkpoints import load_classifier
+from bloodcells.inference.ensembling import FITTED_ON
+from bloodcells.inference.metrics import compute_metrics
+from bloodcells.inference.predictor import Predictor
+from bloodcells.reporting.html import report_run
+from bloodcells.reporting.outputs import (
+    format_comparison,
+    format_summary,
+    plot_reliability,
+    write_comparison,
+    write_evaluation,
+)
+from bloodcells.runs.build import build_datamodule, build_model, build_trainer
+from bloodcells.runs.resume import resolve_resume
 
 log = logging.getLogger(__name__)
 

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader
 
-from bloodcells.calibration import apply_temperature
+from bloodcells.core.errors import CheckpointError, ConfigError
 from bloodcells.data.resize import resize_images
-from bloodcells.errors import CheckpointError, ConfigError
+from bloodcells.inference.calibration import apply_temperature
+from bloodcells.inference.tta import NO_TTA, TTA
 from bloodcells.models.module import CellClassifier
-from bloodcells.tta import NO_TTA, TTA
 
 MAX_FORWARD = 256
 """Images per forward pass: on CPU, batches much larger than this run slower per image

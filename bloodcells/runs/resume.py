@@ -13,10 +13,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from bloodcells.checkpoints import safe_load
+from bloodcells.core.errors import CheckpointError
 from bloodcells.data.datamodule import BloodCellDataModule, data_source
-from bloodcells.errors import CheckpointError
-from bloodcells.instantiate import build_reader
+from bloodcells.inference.checkpoints import safe_load
+from bloodcells.runs.build import build_reader
 
 log = logging.getLogger(__name__)
 

@@ -34,8 +34,8 @@ import lightning.pytorch as pl
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from bloodcells.compat import job_return_value, parse_override, rebuild_optuna_trial, sweep_types
-from bloodcells.errors import ConfigError, Pruned
+from bloodcells.core.compat import job_return_value, parse_override, rebuild_optuna_trial, sweep_types
+from bloodcells.core.errors import ConfigError, Pruned
 
 log = logging.getLogger(__name__)
 

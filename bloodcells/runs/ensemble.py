@@ -18,17 +18,18 @@ import hydra
 import lightning.pytorch as pl
 from omegaconf import DictConfig
 
-from bloodcells.checkpoints import load_classifier
-from bloodcells.config import CONFIG_DIR, instantiate, user_errors
-from bloodcells.ensemble_file import write_ensemble_file
-from bloodcells.ensembling import FITTED_ON, evaluate_variant, fit_weights
-from bloodcells.errors import ConfigError, check_positive
-from bloodcells.evaluate import datamodule_for
-from bloodcells.metrics import compute_metrics
-from bloodcells.predictor import Predictor, resolve_device
-from bloodcells.report_html import report_run
-from bloodcells.reports import format_comparison, plot_reliability, write_comparison, write_evaluation
-from bloodcells.stored import is_number
+from bloodcells.core.cli import user_errors
+from bloodcells.core.errors import ConfigError, check_positive
+from bloodcells.core.hydra import CONFIG_DIR, instantiate
+from bloodcells.inference.checkpoints import load_classifier
+from bloodcells.inference.ensemble_file import write_ensemble_file
+from bloodcells.inference.ensembling import FITTED_ON, evaluate_variant, fit_weights
+from bloodcells.inference.metrics import compute_metrics
+from bloodcells.inference.predictor import Predictor, resolve_device
+from bloodcells.inference.stored import is_number
+from bloodcells.reporting.html import report_run
+from bloodcells.reporting.outputs import format_comparison, plot_reliability, write_comparison, write_evaluation
+from bloodcells.runs.evaluate import datamodule_for
 
 log = logging.getLogger(__name__)
 

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from bloodcells.calibration import apply_temperature, expected_calibration_error, fit_temperature, nll
-from bloodcells.metrics import compute_metrics
-from bloodcells.predictor import Scores, tta_changes
-from bloodcells.tta import TTA
+from bloodcells.inference.calibration import apply_temperature, expected_calibration_error, fit_temperature, nll
+from bloodcells.inference.metrics import compute_metrics
+from bloodcells.inference.predictor import Scores, tta_changes
+from bloodcells.inference.tta import TTA
 
 FITTED_ON = "validation split (weights: greedy selection on one half, kept only if better on the other half)"
 

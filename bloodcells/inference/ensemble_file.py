@@ -16,11 +16,11 @@ from pathlib import Path
 
 import torch
 
-from bloodcells.checkpoints import check_path, load_classifier
-from bloodcells.errors import CheckpointError
-from bloodcells.predictor import Predictor
-from bloodcells.stored import is_number, tta_from_dict
-from bloodcells.tta import TTA
+from bloodcells.core.errors import CheckpointError
+from bloodcells.inference.checkpoints import check_path, load_classifier
+from bloodcells.inference.predictor import Predictor
+from bloodcells.inference.stored import is_number, tta_from_dict
+from bloodcells.inference.tta import TTA
 
 log = logging.getLogger(__name__)
 

@@ -19,11 +19,11 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins import TorchCheckpointIO
 
-from bloodcells.errors import CheckpointError, ConfigError, UserError
-from bloodcells.files import replace_atomically
+from bloodcells.core.errors import CheckpointError, ConfigError, UserError
+from bloodcells.core.files import replace_atomically
+from bloodcells.inference.stored import DATA_RECORD, check_calibration, check_data_record
 from bloodcells.models.hparams import migrate_hparams
 from bloodcells.models.module import CellClassifier, to_plain
-from bloodcells.stored import DATA_RECORD, check_calibration, check_data_record
 
 UPGRADE_HINT = "python -m bloodcells.checkpoints upgrade {path}"
 

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from bloodcells.errors import ConfigError, check_choice
+from bloodcells.core.errors import ConfigError, check_choice
 
 GEOMETRIC_VIEWS: dict[str, tuple[tuple[int, bool], ...]] = {
     "none": ((0, False),),

@@ -14,14 +14,15 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig
 
-from bloodcells.config import CONFIG_DIR, user_errors
+from bloodcells.core.cli import user_errors
+from bloodcells.core.errors import ConfigError, check_positive
+from bloodcells.core.hydra import CONFIG_DIR
 from bloodcells.data.datamodule import array_loader
 from bloodcells.data.readers import read_unlabelled
-from bloodcells.ensemble_file import load_predictor
-from bloodcells.errors import ConfigError, check_positive
-from bloodcells.evaluate import configured_tta
-from bloodcells.predictor import resolve_device
-from bloodcells.reports import write_predictions
+from bloodcells.inference.ensemble_file import load_predictor
+from bloodcells.inference.predictor import resolve_device
+from bloodcells.reporting.outputs import write_predictions
+from bloodcells.runs.evaluate import configured_tta
 
 
 def predict(cfg: DictConfig) -> Path:

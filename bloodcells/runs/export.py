@@ -18,11 +18,12 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from bloodcells.config import CONFIG_DIR, user_errors
-from bloodcells.deploy import DeployedPredictor
-from bloodcells.ensemble_file import load_predictor
-from bloodcells.errors import ConfigError, check_choice
-from bloodcells.evaluate import configured_tta
+from bloodcells.core.cli import user_errors
+from bloodcells.core.errors import ConfigError, check_choice
+from bloodcells.core.hydra import CONFIG_DIR
+from bloodcells.inference.deploy import DeployedPredictor
+from bloodcells.inference.ensemble_file import load_predictor
+from bloodcells.runs.evaluate import configured_tta
 
 FORMATS = ("onnx", "pt2", "submission")
 SUBMISSION_MODEL = Path(__file__).parent / "submission_model.py"

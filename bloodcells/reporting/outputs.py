@@ -88,7 +88,7 @@ def plot_reliability(path: Path, targets: np.ndarray, curves: dict[str, np.ndarr
     (e.g. before/after temperature scaling), with each curve's ECE in the legend."""
     import torch
 
-    from bloodcells.calibration import expected_calibration_error, reliability_bins
+    from bloodcells.inference.calibration import expected_calibration_error, reliability_bins
 
     fig = Figure(figsize=(5.5, 5))
     ax = fig.subplots()

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
+from bloodcells.core.errors import ConfigError
 from bloodcells.data.resize import resize_images
-from bloodcells.errors import ConfigError
 from bloodcells.models.module import CellClassifier
 
 MAX_STRIDE = 16

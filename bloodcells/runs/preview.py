@@ -13,15 +13,12 @@ import numpy as np
 from matplotlib.figure import Figure
 from omegaconf import DictConfig
 
-from bloodcells.config import (
-    CONFIG_DIR,
-    instantiate,
-    user_errors,
-)
+from bloodcells.core.cli import user_errors
+from bloodcells.core.errors import check_positive
+from bloodcells.core.hydra import CONFIG_DIR, instantiate
 from bloodcells.data.readers import ImageSet
 from bloodcells.data.transforms import build_pipeline
-from bloodcells.errors import check_positive
-from bloodcells.instantiate import build_reader
+from bloodcells.runs.build import build_reader
 
 
 def preview(cfg: DictConfig) -> Path:

@@ -14,7 +14,7 @@ import torchmetrics.functional.classification as M
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
-from bloodcells.calibration import expected_calibration_error, nll
+from bloodcells.inference.calibration import expected_calibration_error, nll
 
 
 def validation_metrics(num_classes: int) -> MetricCollection:

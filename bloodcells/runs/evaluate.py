@@ -15,16 +15,17 @@ import hydra
 import lightning.pytorch as pl
 from omegaconf import DictConfig
 
-from bloodcells.config import CONFIG_DIR, instantiate, user_errors
+from bloodcells.core.cli import user_errors
+from bloodcells.core.errors import DataError, check_choice
+from bloodcells.core.hydra import CONFIG_DIR, instantiate
 from bloodcells.data.datamodule import BloodCellDataModule, data_source, same_source, split_digest
-from bloodcells.ensemble_file import load_predictor
-from bloodcells.errors import DataError, check_choice
-from bloodcells.instantiate import build_datamodule
-from bloodcells.metrics import compute_metrics
-from bloodcells.predictor import Predictor, resolve_device, tta_changes
-from bloodcells.report_html import report_run
-from bloodcells.reports import format_summary, plot_reliability, write_evaluation
-from bloodcells.tta import TTA
+from bloodcells.inference.ensemble_file import load_predictor
+from bloodcells.inference.metrics import compute_metrics
+from bloodcells.inference.predictor import Predictor, resolve_device, tta_changes
+from bloodcells.inference.tta import TTA
+from bloodcells.reporting.html import report_run
+from bloodcells.reporting.outputs import format_summary, plot_reliability, write_evaluation
+from bloodcells.runs.build import build_datamodule
 
 SPLITS = ("test", "val", "train", "all")
 

@@ -21,8 +21,8 @@ from hydra.experimental.callback import Callback
 from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
 
-from bloodcells.compat import job_return_value
-from bloodcells.config import root_cause
+from bloodcells.core.cli import root_cause
+from bloodcells.core.compat import job_return_value
 
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "nll", "ece", "best_val_score", "fit_seconds")
 

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from bloodcells.data.hamming_index import HammingIndex
-from bloodcells.data.hashing import dihedral_hashes, exact_ids, resize_luma, to_luma
-from bloodcells.errors import DataError, check_choice
+from bloodcells.cleaning.hamming_index import HammingIndex
+from bloodcells.cleaning.hashing import dihedral_hashes, exact_ids, resize_luma, to_luma
+from bloodcells.core.errors import DataError, check_choice
 
 
 def hamming_pairs(

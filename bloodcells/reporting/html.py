@@ -159,7 +159,7 @@ def report_run(
     curves_note: str | None = None,
 ) -> Path:
     """Grad-CAM figures of ``model`` on the scored images, then ``report.html``."""
-    from bloodcells.gradcam import explanation_figures
+    from bloodcells.reporting.gradcam import explanation_figures
 
     index = results["index"].numpy()
     figures = explanation_figures(

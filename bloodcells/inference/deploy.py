@@ -11,10 +11,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from bloodcells.calibration import apply_temperature
+from bloodcells.core.errors import ConfigError
 from bloodcells.data.resize import resize_images
-from bloodcells.errors import ConfigError
-from bloodcells.predictor import Predictor
+from bloodcells.inference.calibration import apply_temperature
+from bloodcells.inference.predictor import Predictor
 
 
 class DeployedPredictor(nn.Module):

@@ -17,11 +17,12 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig
 
-from bloodcells.config import CONFIG_DIR, user_errors
-from bloodcells.data.contact_sheet import contact_sheet, mean_pixel_histogram
-from bloodcells.data.dedup import CleanReport, clean_dataset, cross_duplicates
+from bloodcells.cleaning.contact_sheet import contact_sheet, mean_pixel_histogram
+from bloodcells.cleaning.pipeline import CleanReport, clean_dataset, cross_duplicates
+from bloodcells.core.cli import user_errors
+from bloodcells.core.hydra import CONFIG_DIR
 from bloodcells.data.readers import ImageSet, read_unlabelled
-from bloodcells.instantiate import build_reader
+from bloodcells.runs.build import build_reader
 
 
 def write_clean_outputs(out_dir: Path, data: ImageSet, report: CleanReport, max_groups: int = 20) -> None:

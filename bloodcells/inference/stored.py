@@ -8,8 +8,8 @@ from __future__ import annotations
 import inspect
 import math
 
-from bloodcells.errors import CheckpointError, UserError
-from bloodcells.tta import NO_TTA, TTA
+from bloodcells.core.errors import CheckpointError, UserError
+from bloodcells.inference.tta import NO_TTA, TTA
 
 
 def is_number(value: object) -> bool:
@@ -62,7 +62,7 @@ SPLIT_TYPES = {
 def check_data_record(record: object, where: str) -> dict:
     """The datamodule's record in a checkpoint: text source fields and a split definition
     whose cleaning options are arguments of ``clean_dataset`` with plain values."""
-    from bloodcells.data.dedup import clean_dataset  # imported here: dedup needs numpy/scipy only
+    from bloodcells.cleaning.pipeline import clean_dataset  # imported here: dedup needs numpy/scipy only
 
     if record is None:
         return {}
