@@ -12,7 +12,8 @@ from PIL import Image
 from bloodcells.cleaning.hashing import dihedral_hashes, hex_hash, image_hash
 from bloodcells.cleaning.pipeline import clean_dataset, cross_duplicates, hamming_pairs, union_find_groups
 from bloodcells.cleaning.planting import plant_pollution
-from bloodcells.data.readers import DataError, read_folder
+from bloodcells.core.errors import DataError
+from bloodcells.data.readers import read_folder
 from bloodcells.data.split import stratified_split
 from bloodcells.runs.clean import clean
 from tests.conftest import SAMPLE_DIR, compose_config

@@ -17,7 +17,8 @@ from bloodcells.core.cli import user_errors
 from bloodcells.core.errors import CheckpointError
 from bloodcells.core.files import owned_run_dir
 from bloodcells.core.hydra import PROJECT_ROOT
-from bloodcells.data.readers import load_image, read_folder
+from bloodcells.data.images import load_image
+from bloodcells.data.readers import read_folder
 from bloodcells.inference.checkpoints import AtomicCheckpointIO, load_classifier
 from bloodcells.inference.ensemble_file import read_ensemble_file
 from tests.conftest import SAMPLE_DIR, run_train_cli, save_checkpoint, tiny_classifier

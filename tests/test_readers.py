@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from bloodcells import CLASS_NAMES
-from bloodcells.data.readers import DataError, read_folder, read_medmnist, read_npz, read_unlabelled
+from bloodcells.core.errors import DataError
+from bloodcells.data.readers import read_folder, read_medmnist, read_npz, read_unlabelled
 
 
 def save_npz(path: Path, **arrays) -> Path:

@@ -22,8 +22,9 @@ from bloodcells.cleaning.pipeline import clean_dataset
 from bloodcells.core.errors import CheckpointError, ConfigError, DataError
 from bloodcells.core.hydra import PROJECT_ROOT
 from bloodcells.data.datamodule import apply_cleaning
-from bloodcells.data.readers import ImageSet, read_folder, read_unlabelled
-from bloodcells.inference.checkpoints import load_classifier, safe_load, upgrade
+from bloodcells.data.images import ImageSet
+from bloodcells.data.readers import read_folder, read_unlabelled
+from bloodcells.inference.checkpoints import load_classifier, safe_load
 from bloodcells.models.finetune import FinetuneSchedule
 from bloodcells.models.losses import class_weights
 from bloodcells.runs.build import build_datamodule
@@ -31,6 +32,7 @@ from bloodcells.runs.evaluate import evaluate
 from bloodcells.runs.predict import predict
 from bloodcells.runs.preview import preview
 from bloodcells.runs.resume import resolve_resume
+from bloodcells.runs.upgrade import upgrade
 from tests.conftest import FAST_TRAIN, compose_config, run_train_cli, save_checkpoint, tiny_classifier
 
 SAMPLE = PROJECT_ROOT / "data" / "sample"

@@ -20,6 +20,7 @@ from bloodcells.core.hydra import in_multirun
 WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 """Disk full, quota, read-only or forbidden: the user's to fix, said in one line."""
 
+
 class DropLightningTips(logging.Filter):
     """Lightning's advertising tip (litlogger) is not for our users."""
 

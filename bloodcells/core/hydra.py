@@ -72,5 +72,3 @@ def require_values(node: DictConfig) -> None:
     if missing:
         key = missing[0]
         raise ConfigError(f"{key} is required: pass {key}=... on the command line")
-
-

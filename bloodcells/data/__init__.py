@@ -1,1 +1,2 @@
-"""Data: readers, cleaning, splits, sampling, transforms and the datamodule."""
+"""Data: readers, the one resize, image cache, splits, sampling, augmentation, the datamodule.
+Imports core and cleaning."""

@@ -19,13 +19,16 @@ from torch.utils.data import DataLoader, Dataset
 from bloodcells.cleaning.pipeline import clean_dataset
 from bloodcells.core.errors import ConfigError, DataError, check_choice, check_positive
 from bloodcells.core.files import replace_atomically
-from bloodcells.data.readers import ImageSet
+from bloodcells.data.images import ImageSet
 from bloodcells.data.sampling import EpochSampler
 from bloodcells.data.split import stratified_split
 from bloodcells.data.transforms import build_pipeline, to_tensor
 from bloodcells.data.worker_signals import SignalSafeLoader
 
 log = logging.getLogger(__name__)
+
+DATA_RECORD = "BloodCellDataModule"
+"""The checkpoint key under which Lightning stores the datamodule's ``state_dict``."""
 
 
 def check_decisions(decided: object, n_images: int, n_classes: int) -> None:
@@ -115,8 +118,20 @@ def split_digest(data: ImageSet, index: np.ndarray) -> str:
     return digest.hexdigest()
 
 
+MOVED_READERS = {"bloodcells.data.image_cache.read_npy": "bloodcells.data.readers.read_npy"}
+"""Readers recorded by checkpoints of earlier versions under another module path."""
+
+
+def canonical_source(source: dict | None) -> dict | None:
+    """A recorded ``data_source`` with moved readers under today's name."""
+    if not isinstance(source, dict) or source.get("reader") not in MOVED_READERS:
+        return source
+    return {**source, "reader": MOVED_READERS[source["reader"]]}
+
+
 def same_source(a: dict, b: dict) -> bool:
     """Whether two ``data_source`` records name the same reader and files."""
+    a, b = canonical_source(a), canonical_source(b)
     keys = ("reader", "path", "root", "images", "labels")
     return all(a.get(k) == b.get(k) for k in keys)
 

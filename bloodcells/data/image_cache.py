@@ -8,7 +8,8 @@ time into the mapped file (memory stays flat while it is built), under a temp na
 at the end (a killed build leaves no half cache). Reading maps it read-only: pages come from
 the OS page cache, shared by the loader workers, and never count as the process's own memory.
 
-``read_npy`` reads such a pair (or any uint8 ``.npy`` of images with a labels ``.npy``).
+``bloodcells.data.readers.read_npy`` reads such a pair (or any uint8 ``.npy`` of images with a
+labels ``.npy``).
 """
 
 from __future__ import annotations
@@ -22,15 +23,7 @@ import numpy as np
 
 from bloodcells.core.errors import DataError
 from bloodcells.core.files import replace_atomically
-from bloodcells.data.readers import (
-    CLASS_NAMES,
-    ImageSet,
-    check_images,
-    check_labels,
-    folder_listing,
-    load_image,
-    warn_resized,
-)
+from bloodcells.data.images import ImageSet, folder_listing, load_image, warn_resized
 from bloodcells.data.resize import resize_array
 
 log = logging.getLogger(__name__)
@@ -108,28 +101,3 @@ def open_cache(images_file: Path, meta_file: Path, labels: list[int], sources: l
     if images.dtype != np.uint8 or images.ndim != 4 or len(images) != len(labels) or images.shape[-1] != 3:
         raise ValueError(f"holds {images.dtype} {images.shape}")
     return images
-
-
-def read_npy(
-    images: str | Path, labels: str | Path, class_names: tuple[str, ...] = CLASS_NAMES, mmap: bool = True
-) -> ImageSet:
-    """Images N x H x W x 3 uint8 in one ``.npy``, memory-mapped (never read whole; ``mmap``
-    false reads it into memory), and their labels (N or N x 1) in another."""
-    images, labels = Path(images), Path(labels)
-    for path in (images, labels):
-        if not path.is_file():
-            raise DataError(f"{path}: file not found")
-    try:
-        pixels = np.load(images, mmap_mode="r" if mmap else None)
-        targets = np.load(labels)
-    except ValueError as err:
-        raise DataError(f"{images} / {labels}: not a readable .npy file ({err})") from None
-    except MemoryError:
-        gb = images.stat().st_size / 1e9
-        raise DataError(f"{images}: {gb:.1f} GB of images do not fit in memory; keep data.reader.mmap=true") from None
-    if pixels.dtype != np.uint8 or pixels.ndim != 4 or pixels.shape[-1] != 3:
-        raise DataError(f"{images}: expected uint8 N x H x W x 3, got {pixels.dtype} {pixels.shape}")
-    check_images(pixels[:1], str(images))
-    targets = check_labels(targets, len(pixels), len(class_names), str(labels))
-    sources = [f"{images.name}[{i}]" for i in range(len(pixels))]
-    return ImageSet(pixels, targets, sources, tuple(class_names))

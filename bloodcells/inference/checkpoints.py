@@ -9,9 +9,7 @@ once, by a user who trusts them: ``python -m bloodcells.checkpoints upgrade FILE
 
 from __future__ import annotations
 
-import argparse
 import pickle
-import sys
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -19,11 +17,12 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins import TorchCheckpointIO
 
-from bloodcells.core.errors import CheckpointError, ConfigError, UserError
+from bloodcells.core.errors import CheckpointError, ConfigError
 from bloodcells.core.files import replace_atomically
-from bloodcells.inference.stored import DATA_RECORD, check_calibration, check_data_record
+from bloodcells.data.datamodule import DATA_RECORD
+from bloodcells.inference.stored import check_calibration, check_data_record
 from bloodcells.models.hparams import migrate_hparams
-from bloodcells.models.module import CellClassifier, to_plain
+from bloodcells.models.module import CellClassifier
 
 UPGRADE_HINT = "python -m bloodcells.checkpoints upgrade {path}"
 
@@ -129,47 +128,3 @@ def write_calibration(ckpt_path: str | Path, calibration: dict) -> None:
     checkpoint = safe_load(ckpt_path)
     checkpoint["calibration"] = calibration
     atomic_save(checkpoint, Path(ckpt_path))
-
-
-def upgrade(path: Path) -> None:
-    """Convert an old checkpoint (omegaconf hyperparameters, Hydra targets) to plain values, in place.
-
-    The file is unpickled without torch's restrictions: only for a file the user trusts.
-    """
-    path = check_path(path, "upgrade FILE")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)  # the user vouched for it
-    except Exception as err:  # noqa: BLE001 - any damage ends in one line
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise CheckpointError(f"{path}: not a readable checkpoint, truncated or not a torch file ({first})") from None
-    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("hyper_parameters"), dict):
-        raise CheckpointError(f"{path}: not a bloodcells checkpoint (no hyper_parameters)")
-    hparams = {k: to_plain(v) for k, v in checkpoint["hyper_parameters"].items()}
-    hparams.pop("_instantiator", None)
-    checkpoint["hyper_parameters"] = migrate_hparams(hparams, str(path))
-    states = checkpoint.get("rng_states")
-    if states and not isinstance(states.get("numpy"), dict):
-        from bloodcells.callbacks.rng_state import numpy_state_to_plain
-
-        states["numpy"] = numpy_state_to_plain(states["numpy"])
-    atomic_save(checkpoint, path)
-    safe_load(path)
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bloodcells.checkpoints")
-    sub = parser.add_subparsers(dest="command", required=True)
-    up = sub.add_parser("upgrade", help="convert an old checkpoint you trust to the safe format (in place)")
-    up.add_argument("files", nargs="+", type=Path)
-    args = parser.parse_args(argv)
-    for f in args.files:
-        try:
-            upgrade(f)
-        except UserError as err:
-            print(f"bloodcells: error: {err}", file=sys.stderr)
-            raise SystemExit(2) from None
-        print(f"{f}: upgraded; it now loads with weights_only=True")
-
-
-if __name__ == "__main__":
-    main()

@@ -11,21 +11,8 @@ import warnings
 
 import torch
 import torchmetrics.functional.classification as M
-from torchmetrics import MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from bloodcells.inference.calibration import expected_calibration_error, nll
-
-
-def validation_metrics(num_classes: int) -> MetricCollection:
-    """Scalar metrics logged every validation epoch (synchronised across DDP ranks)."""
-    return MetricCollection(
-        {
-            "acc": MulticlassAccuracy(num_classes, average="micro"),
-            "balanced_acc": MulticlassAccuracy(num_classes, average="macro"),
-            "f1": MulticlassF1Score(num_classes, average="macro"),
-        }
-    )
 
 
 def compute_metrics(probs: torch.Tensor, targets: torch.Tensor, class_names: list[str]) -> dict:

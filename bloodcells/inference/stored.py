@@ -45,9 +45,6 @@ def check_calibration(calibration: object, where: str) -> dict:
     return calibration
 
 
-DATA_RECORD = "BloodCellDataModule"
-"""The checkpoint key under which Lightning stores the datamodule's ``state_dict``."""
-
 SPLIT_TYPES = {
     "split_seed": lambda v: isinstance(v, int) and not isinstance(v, bool),
     "val_fraction": lambda v: is_number(v) and 0 <= v < 1,

@@ -1,1 +1,2 @@
-"""Models: timm backbones (with offline weights), heads, losses and the LightningModule."""
+"""Models: timm backbones (offline weights), heads, losses, the hyperparameter schema, the
+LightningModule and its fine-tuning schedule. Imports core and data."""

@@ -18,13 +18,13 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from bloodcells.core.compat import attached_trainer
-from bloodcells.inference.metrics import validation_metrics
-from bloodcells.inference.stored import DATA_RECORD
+from bloodcells.data.datamodule import DATA_RECORD
 from bloodcells.models.backbones import backbone_norm, create_backbone
 from bloodcells.models.finetune import FinetuneSchedule, backbone_blocks, batchnorm_blocks
 from bloodcells.models.heads import MLPHead
 from bloodcells.models.hparams import check_hparams
 from bloodcells.models.losses import build_loss, class_weights
+from bloodcells.models.metrics import validation_metrics
 from bloodcells.models.optimizers import make_optimizer
 from bloodcells.models.schedulers import StagedLR
 

@@ -13,15 +13,13 @@ import json
 import time
 from pathlib import Path
 
-import hydra
 import numpy as np
 from omegaconf import DictConfig
 
 from bloodcells.cleaning.contact_sheet import contact_sheet, mean_pixel_histogram
 from bloodcells.cleaning.pipeline import CleanReport, clean_dataset, cross_duplicates
-from bloodcells.core.cli import user_errors
-from bloodcells.core.hydra import CONFIG_DIR
-from bloodcells.data.readers import ImageSet, read_unlabelled
+from bloodcells.data.images import ImageSet
+from bloodcells.data.readers import read_unlabelled
 from bloodcells.runs.build import build_reader
 
 
@@ -105,13 +103,3 @@ def clean(cfg: DictConfig) -> CleanReport:
         )
     print(f"Run dir: {out_dir}  (report.json, groups.png, outliers.png, mean_pixel_histogram.png, cleaned.npz)")
     return report
-
-
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="clean")
-def main(cfg: DictConfig) -> None:
-    with user_errors():
-        clean(cfg)
-
-
-if __name__ == "__main__":
-    main()

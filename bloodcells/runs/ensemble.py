@@ -14,13 +14,11 @@ import json
 import logging
 from pathlib import Path
 
-import hydra
 import lightning.pytorch as pl
 from omegaconf import DictConfig
 
-from bloodcells.core.cli import user_errors
 from bloodcells.core.errors import ConfigError, check_positive
-from bloodcells.core.hydra import CONFIG_DIR, instantiate
+from bloodcells.core.hydra import instantiate
 from bloodcells.inference.checkpoints import load_classifier
 from bloodcells.inference.ensemble_file import write_ensemble_file
 from bloodcells.inference.ensembling import FITTED_ON, evaluate_variant, fit_weights
@@ -135,13 +133,3 @@ def ensemble(cfg: DictConfig) -> dict:
     print(f"Ensemble file: {file}  (use it as ckpt_path= in predict and evaluate)")
     print(f"Run dir: {run_dir}")
     return {**metrics, "ensemble_file": str(file), "rows": rows, "weights": final_weights}
-
-
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="ensemble")
-def main(cfg: DictConfig) -> None:
-    with user_errors():
-        ensemble(cfg)
-
-
-if __name__ == "__main__":
-    main()

@@ -11,13 +11,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import hydra
 import lightning.pytorch as pl
 from omegaconf import DictConfig
 
-from bloodcells.core.cli import user_errors
 from bloodcells.core.errors import DataError, check_choice
-from bloodcells.core.hydra import CONFIG_DIR, instantiate
+from bloodcells.core.hydra import instantiate
 from bloodcells.data.datamodule import BloodCellDataModule, data_source, same_source, split_digest
 from bloodcells.inference.ensemble_file import load_predictor
 from bloodcells.inference.metrics import compute_metrics
@@ -126,13 +124,3 @@ def evaluate(cfg: DictConfig) -> dict:
     )
     print(f"Run dir: {run_dir}")
     return metrics
-
-
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate")
-def main(cfg: DictConfig) -> None:
-    with user_errors():
-        evaluate(cfg)
-
-
-if __name__ == "__main__":
-    main()

@@ -10,12 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig
 
-from bloodcells.core.cli import user_errors
 from bloodcells.core.errors import check_choice, check_positive
-from bloodcells.core.hydra import CONFIG_DIR
 from bloodcells.data.datamodule import array_loader
 from bloodcells.data.readers import read_unlabelled
 from bloodcells.inference.checkpoints import load_classifier
@@ -45,13 +42,3 @@ def explain(cfg: DictConfig) -> dict[str, str]:
     for name, path in figures.items():
         print(f"{name}: {path}")
     return figures
-
-
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="explain")
-def main(cfg: DictConfig) -> None:
-    with user_errors():
-        explain(cfg)
-
-
-if __name__ == "__main__":
-    main()

@@ -14,19 +14,16 @@ import json
 import shutil
 from pathlib import Path
 
-import hydra
 import torch
 from omegaconf import DictConfig
 
-from bloodcells.core.cli import user_errors
 from bloodcells.core.errors import ConfigError, check_choice
-from bloodcells.core.hydra import CONFIG_DIR
 from bloodcells.inference.deploy import DeployedPredictor
 from bloodcells.inference.ensemble_file import load_predictor
 from bloodcells.runs.evaluate import configured_tta
 
 FORMATS = ("onnx", "pt2", "submission")
-SUBMISSION_MODEL = Path(__file__).parent / "submission_model.py"
+SUBMISSION_MODEL = Path(__file__).parents[1] / "inference" / "submission_model.py"
 
 
 def example_input(size: int, batch: int = 2) -> torch.Tensor:
@@ -87,13 +84,3 @@ def export(cfg: DictConfig) -> Path:
             path = export_submission(module, out / "submission")
     print(f"Exported {cfg.ckpt_path} (TTA {predictor.tta.key}, {len(predictor.members)} member(s)) -> {path}")
     return path
-
-
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="export")
-def main(cfg: DictConfig) -> None:
-    with user_errors():
-        export(cfg)
-
-
-if __name__ == "__main__":
-    main()

@@ -10,13 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import hydra
 import numpy as np
 from omegaconf import DictConfig
 
-from bloodcells.core.cli import user_errors
 from bloodcells.core.errors import ConfigError, check_positive
-from bloodcells.core.hydra import CONFIG_DIR
 from bloodcells.data.datamodule import array_loader
 from bloodcells.data.readers import read_unlabelled
 from bloodcells.inference.ensemble_file import load_predictor
@@ -39,13 +36,3 @@ def predict(cfg: DictConfig) -> Path:
     print(f"{len(images)} images -> {out}  (TTA {predictor.tta.key}, T={predictor.temperature:.3f})")
     print("predicted: " + "  ".join(f"{c} {n}" for c, n in zip(predictor.class_names, counts)))
     return out
-
-
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="predict")
-def main(cfg: DictConfig) -> None:
-    with user_errors():
-        predict(cfg)
-
-
-if __name__ == "__main__":
-    main()

@@ -8,15 +8,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import hydra
 import numpy as np
 from matplotlib.figure import Figure
 from omegaconf import DictConfig
 
-from bloodcells.core.cli import user_errors
 from bloodcells.core.errors import check_positive
-from bloodcells.core.hydra import CONFIG_DIR, instantiate
-from bloodcells.data.readers import ImageSet
+from bloodcells.core.hydra import instantiate
+from bloodcells.data.images import ImageSet
 from bloodcells.data.transforms import build_pipeline
 from bloodcells.runs.build import build_reader
 
@@ -44,13 +42,3 @@ def preview(cfg: DictConfig) -> Path:
     fig.savefig(out, dpi=100)
     print(f"Preview of aug={cfg.aug_name}: {out}")
     return out
-
-
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="preview")
-def main(cfg: DictConfig) -> None:
-    with user_errors():
-        preview(cfg)
-
-
-if __name__ == "__main__":
-    main()

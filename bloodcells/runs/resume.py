@@ -14,7 +14,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from bloodcells.core.errors import CheckpointError
-from bloodcells.data.datamodule import BloodCellDataModule, data_source
+from bloodcells.data.datamodule import DATA_RECORD, canonical_source, data_source
 from bloodcells.inference.checkpoints import safe_load
 from bloodcells.runs.build import build_reader
 
@@ -39,7 +39,7 @@ def checkpoint_fingerprint(checkpoint: dict) -> dict:
         "model.head": hp.get("head"),
         "class_names": list(hp.get("class_names", [])),
         "data.image_size": hp.get("image_size"),
-        "data source": checkpoint.get(BloodCellDataModule.__qualname__, {}).get("source"),
+        "data source": canonical_source(checkpoint.get(DATA_RECORD, {}).get("source")),
     }
 
 

@@ -13,17 +13,14 @@ import logging
 import time
 from pathlib import Path
 
-import hydra
 import lightning.pytorch as pl
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
 from bloodcells.callbacks.tta_ensemble import TTAEnsembleCallback, monitored_checkpoint, ranked_checkpoints
-from bloodcells.core.cli import user_errors
 from bloodcells.core.compat import died_of_sigterm, quiet_worker_sigterm
 from bloodcells.core.errors import Stopped
 from bloodcells.core.files import owned_run_dir
-from bloodcells.core.hydra import CONFIG_DIR
 from bloodcells.inference.checkpoints import load_classifier
 from bloodcells.inference.ensembling import FITTED_ON
 from bloodcells.inference.metrics import compute_metrics
@@ -77,6 +74,12 @@ def stopped_by_sigterm(trainer: pl.Trainer, err: BaseException) -> bool:
 
 
 def train(cfg: DictConfig) -> dict:
+    """Fit and test in a run dir that this training owns (a second one into it is refused)."""
+    with owned_run_dir(Path(cfg.paths.output_dir)):
+        return fit_and_test(cfg)
+
+
+def fit_and_test(cfg: DictConfig) -> dict:
     """Fit, test the best checkpoint, write the reports; returns the test metrics.
 
     The test runs on rank 0 alone, on one device, so under DDP every test image counts once.
@@ -143,17 +146,3 @@ def train(cfg: DictConfig) -> dict:
     print(f"Report: {report}")
     print(f"Run dir: {run_dir}  (metrics.json, per_class.csv, predictions.csv, confusion_matrix.png, checkpoints/)")
     return metrics
-
-
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
-def main(cfg: DictConfig) -> float | None:
-    """Returns the monitored validation score of the best checkpoint: what sweepers
-    optimise (never a test metric, which would leak the test split into the choice)."""
-    metrics: dict = {}
-    with user_errors(), owned_run_dir(Path(cfg.paths.output_dir)):
-        metrics = train(cfg)
-    return metrics.get("best_val_score")
-
-
-if __name__ == "__main__":
-    main()

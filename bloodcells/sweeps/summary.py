@@ -9,7 +9,6 @@ and by hand for an interrupted or still-running sweep.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import statistics
@@ -136,18 +135,3 @@ class SweepSummary(Callback):
             print(f"Sweep summary ({len(rows)} jobs, {failed} failed): {sweep / 'summary.md'}")
             if failed:
                 raise SystemExit(1)  # every job ran; the exit code still says some failed
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bloodcells.summarize")
-    parser.add_argument("sweep_dir", type=Path)
-    args = parser.parse_args(argv)
-    if not args.sweep_dir.is_dir():
-        parser.exit(2, f"bloodcells: error: {args.sweep_dir}: folder not found\n")
-    rows = summarize(args.sweep_dir)
-    print(markdown(rows))
-    print(f"\n{args.sweep_dir / 'summary.md'}")
-
-
-if __name__ == "__main__":
-    main()
