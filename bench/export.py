@@ -20,12 +20,13 @@ import onnxruntime as ort
 import torch
 from common import emit
 
-from bloodcells.core.hydra import PROJECT_ROOT
+from bloodcells.core.hydra import PROJECT_ROOT, compose_config
 from bloodcells.data.readers import read_folder
 from bloodcells.inference.checkpoints import load_classifier
 from bloodcells.inference.deploy import DeployedPredictor
 from bloodcells.inference.predictor import Predictor
 from bloodcells.inference.tta import TTA
+from bloodcells.runs.build import build_model
 from bloodcells.runs.export import export_onnx, export_pt2
 
 
@@ -49,9 +50,7 @@ def main() -> None:
     if args.checkpoint:
         model = load_classifier(args.checkpoint)
     else:
-        from tests.conftest import tiny_classifier
-
-        model = tiny_classifier(backbone="tf_efficientnet_lite0", pretrained=True, weights="offline:lite0")
+        model = build_model(compose_config("train", ["model=lite0"], tempfile.mkdtemp())).eval()  # offline weights
     images = read_folder(PROJECT_ROOT / "data" / "sample").images[:64]
     tmp = Path(tempfile.mkdtemp(prefix="export-bench-"))
     rows = []

@@ -86,7 +86,12 @@ def main() -> None:
         variants = [(label, [i]) for i, label in enumerate(labels)]
         for label, members in [*variants, (f"ensemble of {len(checkpoints)}", list(range(len(checkpoints))))]:
             vs, ts = v.subset(members), t.subset(members)
-            row = evaluate_variant(label, vs, ts, tta, names).row
+            kind = (
+                ("plain" if tta is None else "tta")
+                if len(members) == 1
+                else ("ensemble" if tta is None else "ensemble+tta")
+            )
+            row = evaluate_variant(kind, vs, ts, tta, names, name=label).row
             rows.append({"tta": tta_name, **row})
     test_set = datamodule.dataset("test")
     subset = torch.utils.data.Subset(test_set, range(min(512, len(test_set))))

@@ -75,16 +75,16 @@ class TTAEnsembleCallback(pl.Callback):
             self.store(Path(self.checkpoints[0]).parent.parent)
 
     def store(self, run_dir: Path) -> None:
-        by_name = {v.name.split(" ")[0]: v for v in self.variants}
-        temperatures = {NO_TTA.key: by_name["plain"].temperature}
-        if "tta" in by_name:
-            temperatures[self.tta.key] = by_name["tta"].temperature
+        by_kind = {v.kind: v for v in self.variants}
+        temperatures = {NO_TTA.key: by_kind["plain"].temperature}
+        if "tta" in by_kind:
+            temperatures[self.tta.key] = by_kind["tta"].temperature
         write_calibration(
             self.checkpoints[0],
             {"tta": self.tta.to_dict(), "temperatures": temperatures, "fitted_on": "validation split"},
         )
         if len(self.checkpoints) > 1:
-            best = by_name.get("ensemble+tta") or by_name["ensemble"]
+            best = by_kind.get("ensemble+tta") or by_kind["ensemble"]
             n = len(self.checkpoints)
             write_ensemble_file(
                 run_dir / "ensemble.json",
@@ -97,4 +97,4 @@ class TTAEnsembleCallback(pl.Callback):
 
     def deployed(self) -> VariantResult:
         """The variant ``train`` reports as its test result: the best checkpoint with the TTA."""
-        return next(v for v in self.variants if v.name.startswith("tta")) if self.tta.n_views > 1 else self.variants[0]
+        return next(v for v in self.variants if v.kind == "tta") if self.tta.n_views > 1 else self.variants[0]

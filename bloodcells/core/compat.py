@@ -3,7 +3,7 @@
 Each function wraps one thing that a library does not promise to keep (an underscored name,
 an internal module, a message text). When a release changes it, the function raises
 ``PrivateAPIChanged`` naming the library, its installed version and what changed, and
-``tests/test_compat.py`` exercises each one, so an upgrade fails there, in words, and not
+``tests/core/test_compat.py`` exercises each one, so an upgrade fails there, in words, and not
 deep inside a training run.
 """
 

@@ -70,7 +70,10 @@ def fit_weights(member_probs: torch.Tensor, targets: torch.Tensor, rounds: int =
 
 @dataclass
 class VariantResult:
+    kind: str
+    """``plain``, ``tta``, ``ensemble`` or ``ensemble+tta`` (``evaluation.KINDS``)."""
     name: str
+    """For tables: the kind and the TTA, e.g. ``tta (dihedral/prob)``."""
     row: dict
     test_probs: torch.Tensor
     """Calibrated test probabilities."""
@@ -79,18 +82,21 @@ class VariantResult:
 
 
 def evaluate_variant(
-    name: str,
+    kind: str,
     val: Scores,
     test: Scores,
     tta: TTA | None,
     class_names: list[str],
     weights: torch.Tensor | None = None,
+    name: str | None = None,
 ) -> VariantResult:
-    """Score one variant on test, with its temperature fitted on validation."""
+    """Score one variant on test, with its temperature fitted on validation; ``name`` labels
+    its table row (default: the kind and the TTA)."""
     temperature = fit_temperature(val.probs(tta, weights), val.targets)
     raw = test.probs(tta, weights)
     calibrated = apply_temperature(raw, temperature)
     metrics = compute_metrics(calibrated, test.targets, class_names)["metrics"]
+    name = name or (kind if tta is None else f"{kind} ({tta.key})")
     row = {
         "variant": name,
         "members": int(len(test.logits)),
@@ -106,7 +112,7 @@ def evaluate_variant(
     }
     if tta is not None:
         row.update(tta_changes(test.probs(None, weights), raw, test.targets))
-    return VariantResult(name, row, calibrated, temperature, raw)
+    return VariantResult(kind, name, row, calibrated, temperature, raw)
 
 
 def compare_variants(
@@ -116,9 +122,9 @@ def compare_variants(
     first_val, first_test = val.subset([0]), test.subset([0])
     results = [evaluate_variant("plain", first_val, first_test, None, class_names)]
     if tta.n_views > 1:
-        results.append(evaluate_variant(f"tta ({tta.key})", first_val, first_test, tta, class_names))
+        results.append(evaluate_variant("tta", first_val, first_test, tta, class_names))
     if len(test.logits) > 1:
         results.append(evaluate_variant("ensemble", val, test, None, class_names, weights))
         if tta.n_views > 1:
-            results.append(evaluate_variant(f"ensemble+tta ({tta.key})", val, test, tta, class_names, weights))
+            results.append(evaluate_variant("ensemble+tta", val, test, tta, class_names, weights))
     return results

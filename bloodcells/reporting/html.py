@@ -17,6 +17,8 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
 
+from bloodcells.inference.evaluation import Evaluation
+
 SECTIONS = (
     ("config", "Resolved config"),
     ("data", "Data"),
@@ -152,7 +154,7 @@ def report_run(
     run_dir: Path,
     title: str,
     cfg: DictConfig,
-    results: dict,
+    result: Evaluation,
     datamodule,
     model,
     comparison: list[dict] | None = None,
@@ -161,21 +163,21 @@ def report_run(
     """Grad-CAM figures of ``model`` on the scored images, then ``report.html``."""
     from bloodcells.reporting.gradcam import explanation_figures
 
-    index = results["index"].numpy()
+    index = result.index.numpy()
     figures = explanation_figures(
         model,
         datamodule.data.images[index],
-        results["probs"].numpy(),
+        result.probs.numpy(),
         list(model.class_names),
         run_dir,
-        labels=results["targets"].numpy(),
+        labels=result.targets.numpy(),
     )
     return write_report(
         run_dir,
         title,
         cfg,
-        results["metrics"],
-        results["per_class"],
+        result.metrics,
+        result.per_class,
         datamodule.summary(),
         comparison,
         figures,

@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
+from bloodcells.inference.evaluation import Evaluation
+
 
 def write_predictions(
     path: Path, sources: list[str], probs: np.ndarray, class_names: list[str], targets: np.ndarray | None = None
@@ -52,24 +54,20 @@ def plot_confusion_matrix(path: Path, confusion: np.ndarray, class_names: list[s
 
 
 def write_evaluation(
-    out_dir: Path, results: dict, sources: list[str], class_names: list[str], title: str = "test"
+    out_dir: Path, result: Evaluation, sources: list[str], class_names: list[str], title: str = "test"
 ) -> dict:
     """Write every artefact of one evaluation; returns the scalar metrics."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    metrics = dict(results["metrics"])
-    (out_dir / "metrics.json").write_text(
-        json.dumps(
-            {"metrics": metrics, "per_class": results["per_class"], "confusion_matrix": results["confusion_matrix"]},
-            indent=2,
-        )
-    )
+    metrics = {**result.metrics, "kind": result.kind}
+    body = {"metrics": metrics, "per_class": result.per_class, "confusion_matrix": result.confusion_matrix}
+    (out_dir / "metrics.json").write_text(json.dumps(body, indent=2))
     with open(out_dir / "per_class.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(results["per_class"][0]))
+        w = csv.DictWriter(f, fieldnames=list(result.per_class[0]))
         w.writeheader()
-        w.writerows(results["per_class"])
-    probs = np.asarray(results["probs"])
-    write_predictions(out_dir / "predictions.csv", sources, probs, class_names, np.asarray(results["targets"]))
-    plot_confusion_matrix(out_dir / "confusion_matrix.png", np.asarray(results["confusion_matrix"]), class_names, title)
+        w.writerows(result.per_class)
+    probs = np.asarray(result.probs)
+    write_predictions(out_dir / "predictions.csv", sources, probs, class_names, np.asarray(result.targets))
+    plot_confusion_matrix(out_dir / "confusion_matrix.png", np.asarray(result.confusion_matrix), class_names, title)
     return metrics
 
 

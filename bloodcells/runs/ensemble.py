@@ -22,7 +22,7 @@ from bloodcells.core.hydra import instantiate
 from bloodcells.inference.checkpoints import load_classifier
 from bloodcells.inference.ensemble_file import write_ensemble_file
 from bloodcells.inference.ensembling import FITTED_ON, evaluate_variant, fit_weights
-from bloodcells.inference.metrics import compute_metrics
+from bloodcells.inference.evaluation import Evaluation
 from bloodcells.inference.predictor import Predictor, resolve_device
 from bloodcells.inference.stored import is_number
 from bloodcells.reporting.html import report_run
@@ -79,11 +79,12 @@ def ensemble(cfg: DictConfig) -> dict:
     views = tta if tta.n_views > 1 else None
     rows = [
         evaluate_variant(
-            f"member {i} ({m.hparams.backbone} @{m.hparams.image_size}px)",
+            "plain" if views is None else "tta",
             val.subset([i]),
             test.subset([i]),
             views,
             names,
+            name=f"member {i} ({m.hparams.backbone} @{m.hparams.image_size}px)",
         ).row
         for i, m in enumerate(predictor.members)
     ]
@@ -92,12 +93,21 @@ def ensemble(cfg: DictConfig) -> dict:
         weight_report = fit_weights(val.member_probs(views), val.targets, seed=cfg.seed)
         weights = weight_report["weights"]
         weight_report["weights"] = weights.tolist()
-    result = evaluate_variant(f"ensemble of {len(paths)}", val, test, views, names, weights)
+    kind = "ensemble" if views is None else "ensemble+tta"
+    result = evaluate_variant(kind, val, test, views, names, weights, name=f"ensemble of {len(paths)}")
     rows.append(result.row)
     run_dir = Path(cfg.paths.output_dir)
-    results = {"probs": result.test_probs, "targets": test.targets, "index": test.index}
-    results.update(compute_metrics(result.test_probs, test.targets, names))
-    results["metrics"].update(tta=tta.key, temperature=result.temperature, members=len(paths))
+    results = Evaluation.score(
+        kind,
+        result.test_probs,
+        test.targets,
+        test.index,
+        names,
+        result.uncalibrated_test_probs,
+        tta=tta.key,
+        temperature=result.temperature,
+        members=len(paths),
+    )
     metrics = write_evaluation(run_dir, results, datamodule.sources(test.index.numpy()), names, title="ensemble, test")
     note = f"Test split, n={metrics['n']}. Weights and temperatures fitted on the {FITTED_ON}; nothing fitted on test."
     write_comparison(run_dir, rows, note)

@@ -18,7 +18,7 @@ from bloodcells.core.errors import DataError, check_choice
 from bloodcells.core.hydra import instantiate
 from bloodcells.data.datamodule import BloodCellDataModule, data_source, same_source, split_digest
 from bloodcells.inference.ensemble_file import load_predictor
-from bloodcells.inference.metrics import compute_metrics
+from bloodcells.inference.evaluation import Evaluation
 from bloodcells.inference.predictor import Predictor, resolve_device, tta_changes
 from bloodcells.inference.tta import TTA
 from bloodcells.reporting.html import report_run
@@ -95,12 +95,24 @@ def evaluate(cfg: DictConfig) -> dict:
     datamodule = datamodule_for(predictor, cfg)
     loader = datamodule.loader(datamodule.dataset(cfg.split), datamodule.eval_batch_size)
     out = predictor.predict(loader)
-    results = {**out, **compute_metrics(out["probs"], out["targets"], predictor.class_names)}
-    results["metrics"].update(tta=predictor.tta.key, temperature=predictor.temperature, members=len(predictor.members))
-    if predictor.tta.n_views > 1:
-        results["metrics"].update(tta_changes(out["plain_probs"], out["probs"], out["targets"]))
+    views = predictor.tta.n_views > 1
+    kind = {(False, False): "plain", (False, True): "tta", (True, False): "ensemble", (True, True): "ensemble+tta"}[
+        (len(predictor.members) > 1, views)
+    ]
+    changes = tta_changes(out["plain_probs"], out["probs"], out["targets"]) if views else {}
+    results = Evaluation.score(
+        kind,
+        out["probs"],
+        out["targets"],
+        out["index"],
+        predictor.class_names,
+        **changes,
+        tta=predictor.tta.key,
+        temperature=predictor.temperature,
+        members=len(predictor.members),
+    )
     run_dir = Path(cfg.paths.output_dir)
-    sources = datamodule.sources(results["index"].numpy())
+    sources = datamodule.sources(results.index.numpy())
     metrics = write_evaluation(run_dir, results, sources, predictor.class_names, title=f"{cfg.split} split")
     plot_reliability(
         run_dir / "reliability.png", out["targets"].numpy(), {predictor.tta.key: out["probs"].numpy()}, cfg.split
@@ -120,7 +132,7 @@ def evaluate(cfg: DictConfig) -> dict:
     print(f"Report: {report}")
     print(
         f"\nEvaluation of {cfg.ckpt_path} (TTA {predictor.tta.key}, T={predictor.temperature:.3f}) "
-        f"on the {cfg.split} split:\n{format_summary(metrics, results['per_class'])}"
+        f"on the {cfg.split} split:\n{format_summary(metrics, results.per_class)}"
     )
     print(f"Run dir: {run_dir}")
     return metrics

@@ -23,7 +23,7 @@ from bloodcells.core.errors import Stopped
 from bloodcells.core.files import owned_run_dir
 from bloodcells.inference.checkpoints import load_classifier
 from bloodcells.inference.ensembling import FITTED_ON
-from bloodcells.inference.metrics import compute_metrics
+from bloodcells.inference.evaluation import Evaluation
 from bloodcells.inference.predictor import Predictor
 from bloodcells.reporting.html import report_run
 from bloodcells.reporting.outputs import (
@@ -39,17 +39,26 @@ from bloodcells.runs.resume import resolve_resume
 log = logging.getLogger(__name__)
 
 
-def test_results(trainer: pl.Trainer, model: pl.LightningModule, datamodule) -> tuple[dict, list[dict], str, object]:
+def test_results(
+    trainer: pl.Trainer, model: pl.LightningModule, datamodule
+) -> tuple[Evaluation, list[dict], str, object]:
     """Test-split results of what the run deploys, the comparison rows, what was scored (in
     words) and the best model (for Grad-CAM)."""
     callback = next((c for c in trainer.callbacks if isinstance(c, TTAEnsembleCallback)), None)
     if callback is not None and callback.variants:
         deployed, scores = callback.deployed(), callback.test
-        results = {"probs": deployed.test_probs, "targets": scores.targets, "index": scores.index}
-        results.update(compute_metrics(deployed.test_probs, scores.targets, model.class_names))
-        results["metrics"].update({k: deployed.row[k] for k in ("changed", "fixed", "broken") if k in deployed.row})
-        results["metrics"].update(temperature=deployed.temperature, tta=callback.tta.key)
-        results["uncalibrated_probs"] = deployed.uncalibrated_test_probs
+        changes = {k: deployed.row[k] for k in ("changed", "fixed", "broken") if k in deployed.row}
+        results = Evaluation.score(
+            deployed.kind,
+            deployed.test_probs,
+            scores.targets,
+            scores.index,
+            model.class_names,
+            deployed.uncalibrated_test_probs,
+            **changes,
+            temperature=deployed.temperature,
+            tta=callback.tta.key,
+        )
         what = f"{callback.checkpoints[0] if callback.checkpoints else 'the last weights'} with TTA {callback.tta.key}"
         best = callback.best_model or model
         return results, [v.row for v in callback.variants], what, best
@@ -57,9 +66,7 @@ def test_results(trainer: pl.Trainer, model: pl.LightningModule, datamodule) -> 
     device = trainer.strategy.root_device
     member = load_classifier(ranked[0], device) if ranked else model.to(device)
     scores = Predictor([member]).scores(datamodule.test_dataloader())
-    probs = scores.probs(None)
-    results = {"probs": probs, "targets": scores.targets, "index": scores.index}
-    results.update(compute_metrics(probs, scores.targets, model.class_names))
+    results = Evaluation.score("plain", scores.probs(None), scores.targets, scores.index, model.class_names)
     return results, [], ranked[0] if ranked else "the last weights", member
 
 
@@ -113,16 +120,16 @@ def fit_and_test(cfg: DictConfig) -> dict:
     if not trainer.is_global_zero:
         return {}
     results, comparison, what, scored = test_results(trainer, model, datamodule)
-    sources = datamodule.sources(results["index"].numpy())
+    sources = datamodule.sources(results.index.numpy())
     metrics = write_evaluation(run_dir, results, sources, model.class_names)
     if comparison:
         note = f"Test split, n={metrics['n']}. Temperatures fitted on the {FITTED_ON}; nothing fitted on test."
         write_comparison(run_dir, comparison, note)
         plot_reliability(
             run_dir / "reliability.png",
-            results["targets"].numpy(),
-            {"uncalibrated": results["uncalibrated_probs"].numpy(), "calibrated": results["probs"].numpy()},
-            f"test, {results['metrics']['tta']}",
+            results.targets.numpy(),
+            {"uncalibrated": results.uncalibrated_probs.numpy(), "calibrated": results.probs.numpy()},
+            f"test, {results.metrics['tta']}",
         )
     checkpoint = monitored_checkpoint(trainer)
     best_score = checkpoint.best_model_score if checkpoint is not None else None
@@ -137,7 +144,7 @@ def fit_and_test(cfg: DictConfig) -> dict:
     report = report_run(
         run_dir, f"bloodcells train: {cfg.model.backbone}", cfg, results, datamodule, scored, comparison
     )
-    print(f"\nTest of {what}:\n{format_summary(metrics, results['per_class'])}")
+    print(f"\nTest of {what}:\n{format_summary(metrics, results.per_class)}")
     if comparison:
         print(
             f"\nplain / TTA / ensemble on the test split (temperatures fitted on validation):\n"

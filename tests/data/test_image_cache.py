@@ -14,7 +14,7 @@ import torch
 
 from bloodcells.data import image_cache, readers
 from bloodcells.runs.build import build_datamodule
-from tests.conftest import PROJECT_ROOT, SAMPLE_DIR, compose_config
+from tests.helpers import PROJECT_ROOT, SAMPLE_DIR, compose_config
 
 
 def datamodule(tmp_path, cache_dir):

@@ -16,7 +16,7 @@ from bloodcells.core.errors import DataError
 from bloodcells.data.readers import read_folder
 from bloodcells.data.split import stratified_split
 from bloodcells.runs.clean import clean
-from tests.conftest import SAMPLE_DIR, compose_config
+from tests.helpers import SAMPLE_DIR, compose_config
 
 REFERENCE = {"phash": imagehash.phash, "dhash": imagehash.dhash, "average": imagehash.average_hash}
 

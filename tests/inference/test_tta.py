@@ -5,17 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader
 from torchmetrics.classification import MulticlassCalibrationError
 
 from bloodcells.core.errors import ConfigError
-from bloodcells.data.datamodule import ImageArrayDataset
-from bloodcells.data.transforms import build_pipeline
 from bloodcells.inference.calibration import apply_temperature, expected_calibration_error, fit_temperature, nll
 from bloodcells.inference.predictor import Predictor
 from bloodcells.inference.tta import TTA, apply_view
 from bloodcells.models.module import CellClassifier
-from tests.conftest import tiny_classifier
+from tests.helpers import loader_of, tiny_classifier
 
 
 def asymmetric_image() -> torch.Tensor:
@@ -64,11 +61,6 @@ class DihedralInvariant(CellClassifier):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         views = [apply_view(images, k, m) for m in (False, True) for k in range(4)]
         return torch.stack([super(DihedralInvariant, self).forward(v) for v in views]).mean(0)
-
-
-def loader_of(images: np.ndarray, labels: np.ndarray, batch_size: int) -> DataLoader:
-    dataset = ImageArrayDataset(images, labels, np.arange(len(images)), build_pipeline([]))
-    return DataLoader(dataset, batch_size=batch_size)
 
 
 def test_an_invariant_model_gives_the_same_probabilities_with_and_without_tta(make_images):

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from bloodcells.sweeps.search import parse_space
-from tests.conftest import run_train_cli
+from tests.helpers import run_train_cli
 
 SEARCH = [
     "-m",

@@ -18,8 +18,7 @@ from bloodcells.core.hydra import PROJECT_ROOT
 from bloodcells.inference.metrics import compute_metrics
 from bloodcells.runs.build import build_datamodule, build_model, build_trainer
 from bloodcells.runs.evaluate import evaluate
-from tests.conftest import compose_config, save_checkpoint, tiny_classifier
-from tests.test_trust import run_cli
+from tests.helpers import compose_config, run_cli, save_checkpoint, tiny_classifier
 
 SAMPLE = PROJECT_ROOT / "data" / "sample"
 

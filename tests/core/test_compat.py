@@ -52,7 +52,7 @@ def test_hydra_job_returns_overrides_and_config():
     assert isinstance(compat.parse_override("a=interval(1, 2)").value(), interval)
     assert isinstance(compat.parse_override("a=choice(x, y)").value(), choice)
     assert isinstance(compat.parse_override("a=range(1, 5)").value(), range_)
-    from tests.conftest import compose_config
+    from tests.helpers import compose_config
 
     cfg = compose_config("train", ["model=tiny"], "/tmp/unused")  # calls compat.set_hydra_config
     assert HydraConfig.initialized() and cfg.model.backbone == "test_efficientnet"
@@ -65,7 +65,7 @@ def test_torch_and_lightning_internals():
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 1.0)
     compat.set_last_lr(sched, [0.25])
     assert sched.get_last_lr() == [0.25]
-    from tests.conftest import tiny_classifier
+    from tests.helpers import tiny_classifier
 
     assert compat.attached_trainer(tiny_classifier()) is None
 

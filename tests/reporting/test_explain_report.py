@@ -17,7 +17,7 @@ from bloodcells.reporting.html import SECTIONS
 from bloodcells.runs.ensemble import ensemble
 from bloodcells.runs.evaluate import evaluate
 from bloodcells.runs.train import train
-from tests.conftest import compose_config, tiny_classifier
+from tests.helpers import compose_config, tiny_classifier
 
 SAMPLE = PROJECT_ROOT / "data" / "sample"
 

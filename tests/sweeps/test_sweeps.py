@@ -8,7 +8,7 @@ import csv
 import pytest
 
 from bloodcells.sweeps.summary import aggregate, without_seed
-from tests.conftest import run_train_cli
+from tests.helpers import run_train_cli
 
 SWEEP = ["-m", "+trainer.fast_dev_run=true", "callbacks=none", "aug=none,standard", "seed=1,2"]
 

@@ -33,23 +33,17 @@ from bloodcells.runs.predict import predict
 from bloodcells.runs.preview import preview
 from bloodcells.runs.resume import resolve_resume
 from bloodcells.runs.upgrade import upgrade
-from tests.conftest import FAST_TRAIN, compose_config, run_train_cli, save_checkpoint, tiny_classifier
+from tests.helpers import (
+    FAST_TRAIN,
+    assert_one_line_error,
+    compose_config,
+    run_cli,
+    run_train_cli,
+    save_checkpoint,
+    tiny_classifier,
+)
 
 SAMPLE = PROJECT_ROOT / "data" / "sample"
-
-
-def run_cli(module: str, *args: str, timeout: int = 300, **popen) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", f"bloodcells.{module}", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=PROJECT_ROOT, env=env, timeout=timeout, **popen)
-
-
-def assert_one_line_error(out: subprocess.CompletedProcess, *fragments: str, code: int = 2) -> None:
-    assert out.returncode == code, out.stderr[-3000:]
-    assert "Traceback" not in out.stderr, out.stderr[-3000:]
-    line = next(ln for ln in out.stderr.splitlines() if ln.startswith("bloodcells: error:"))
-    for fragment in fragments:
-        assert fragment in line, line
 
 
 # --- 1. a checkpoint cannot execute code -----------------------------------------------------

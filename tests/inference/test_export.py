@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -19,7 +18,7 @@ from bloodcells.inference.ensemble_file import load_predictor, write_ensemble_fi
 from bloodcells.inference.predictor import Predictor
 from bloodcells.inference.tta import TTA
 from bloodcells.runs.export import export, export_onnx, export_pt2
-from tests.conftest import compose_config, save_checkpoint, tiny_classifier
+from tests.helpers import BLOCKER, compose_config, save_checkpoint, tiny_classifier
 
 SAMPLE = PROJECT_ROOT / "data" / "sample"
 
@@ -59,25 +58,6 @@ def test_pt2_and_onnx_exports_agree_with_pytorch_at_batch_1_and_64(predictor, re
         session = ort.InferenceSession(str(export_onnx(module, tmp_path / "m.onnx")))
     for batch in (real_images[:1], real_images):
         check_agreement(session.run(["probs"], {"images": batch})[0], reference[: len(batch)])
-
-
-BLOCKER = textwrap.dedent(
-    """
-    import importlib.abc, sys
-    class Block(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in ("torch", "bloodcells", "timm", "lightning"):
-                raise ImportError(f"blocked: {name}")
-    sys.meta_path.insert(0, Block())
-    sys.path.insert(0, sys.argv[1])
-    import numpy as np
-    from model import Model
-    X = np.load(sys.argv[2])
-    preds = Model().predict(X)
-    np.save(sys.argv[3], preds)
-    assert "torch" not in sys.modules and "bloodcells" not in sys.modules
-    """
-)
 
 
 @pytest.mark.slow

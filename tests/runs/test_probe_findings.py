@@ -21,8 +21,7 @@ from bloodcells.data.images import load_image
 from bloodcells.data.readers import read_folder
 from bloodcells.inference.checkpoints import AtomicCheckpointIO, load_classifier
 from bloodcells.inference.ensemble_file import read_ensemble_file
-from tests.conftest import SAMPLE_DIR, run_train_cli, save_checkpoint, tiny_classifier
-from tests.test_trust import assert_one_line_error, run_cli
+from tests.helpers import SAMPLE_DIR, assert_one_line_error, run_cli, run_train_cli, save_checkpoint, tiny_classifier
 
 
 def ensemble_file(tmp_path: Path, **fields) -> Path:

@@ -15,7 +15,7 @@ from bloodcells.core.errors import ConfigError
 from bloodcells.models.finetune import FinetuneSchedule
 from bloodcells.models.schedulers import StagedLR
 from bloodcells.runs.build import build_datamodule, build_model, build_trainer
-from tests.conftest import compose_config
+from tests.helpers import compose_config
 
 FAST = ["model=tiny", "data.num_workers=0", "trainer.enable_progress_bar=false", "callbacks.tta_ensemble=null"]
 
@@ -163,7 +163,7 @@ def test_plateau_refuses_per_step_interval():
 
 
 def test_channels_last_changes_the_layout_not_the_logits(tmp_path):
-    from tests.conftest import tiny_classifier
+    from tests.helpers import tiny_classifier
 
     nhwc = tiny_classifier(32, channels_last=True).eval()
     nchw = tiny_classifier(32, channels_last=False).eval()

@@ -23,8 +23,7 @@ from bloodcells.inference.ensemble_file import load_predictor
 from bloodcells.runs.evaluate import evaluate
 from bloodcells.runs.export import export
 from bloodcells.runs.predict import predict
-from tests.conftest import SAMPLE_DIR, compose_config, save_checkpoint, tiny_classifier
-from tests.test_export import BLOCKER
+from tests.helpers import BLOCKER, SAMPLE_DIR, compose_config, save_checkpoint, tiny_classifier
 
 
 @pytest.fixture(scope="module")

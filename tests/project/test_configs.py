@@ -9,7 +9,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from bloodcells.core.hydra import CONFIG_DIR
-from tests.conftest import compose_config
+from tests.helpers import compose_config
 
 GROUPS = sorted(p.name for p in Path(CONFIG_DIR).iterdir() if p.is_dir() and any(p.glob("*.yaml")))
 NEEDS_VALUE = {

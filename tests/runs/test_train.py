@@ -15,7 +15,7 @@ from bloodcells.inference.checkpoints import load_classifier
 from bloodcells.runs.evaluate import evaluate
 from bloodcells.runs.predict import predict
 from bloodcells.runs.train import train
-from tests.conftest import compose_config, run_train_cli
+from tests.helpers import compose_config, run_train_cli
 
 
 def test_fast_dev_run_trains_and_tests_tiny_model(train_cfg):

@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import SAMPLE_DIR, run_train_cli
-from tests.test_trust import assert_one_line_error, run_cli
+from tests.helpers import SAMPLE_DIR, assert_one_line_error, run_cli, run_train_cli
 
 
 def sources(predictions: Path) -> set[str]:

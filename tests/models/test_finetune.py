@@ -14,7 +14,7 @@ from bloodcells.models.finetune import FinetuneSchedule, Stage
 from bloodcells.runs.build import build_datamodule, build_model, build_trainer
 from bloodcells.runs.evaluate import evaluate
 from bloodcells.runs.train import resolve_resume
-from tests.conftest import compose_config, run_train_cli
+from tests.helpers import compose_config, run_train_cli
 
 STAGED = [
     "finetune=staged",

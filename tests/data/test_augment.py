@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 from bloodcells.core.hydra import CONFIG_DIR
 from bloodcells.data.augment import OPS, AugMix, GridMask, RandAugment
 from bloodcells.data.transforms import build_pipeline
-from tests.conftest import compose_config
+from tests.helpers import compose_config
 
 MAGNITUDE_OPS = [o for o in OPS if o not in ("autocontrast", "equalize")]
 AUG_CONFIGS = sorted(p.stem for p in (Path(CONFIG_DIR) / "aug").glob("*.yaml"))

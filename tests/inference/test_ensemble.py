@@ -21,8 +21,7 @@ from bloodcells.inference.tta import TTA
 from bloodcells.runs.ensemble import ensemble
 from bloodcells.runs.evaluate import evaluate
 from bloodcells.runs.predict import predict
-from tests.conftest import compose_config, save_checkpoint, tiny_classifier
-from tests.test_tta import loader_of
+from tests.helpers import compose_config, loader_of, save_checkpoint, tiny_classifier
 
 SAMPLE = PROJECT_ROOT / "data" / "sample"
 
@@ -36,8 +35,8 @@ def test_an_ensemble_of_one_member_equals_that_member(make_images):
     alone = Predictor([model], tta).scores(loader)
     as_ensemble = Predictor([model], tta, weights=[3.0]).predict(loader)["probs"]
     torch.testing.assert_close(as_ensemble, alone.member_probs(tta)[0])
-    a = evaluate_variant("member", alone, alone, tta, model.class_names).row
-    b = evaluate_variant("ensemble", alone, alone, tta, model.class_names, torch.ones(1)).row
+    a = evaluate_variant("tta", alone, alone, tta, model.class_names).row
+    b = evaluate_variant("ensemble+tta", alone, alone, tta, model.class_names, torch.ones(1)).row
     assert {k: v for k, v in a.items() if k != "variant"} == {k: v for k, v in b.items() if k != "variant"}
 
 

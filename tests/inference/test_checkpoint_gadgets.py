@@ -18,8 +18,7 @@ from bloodcells.core.errors import CheckpointError
 from bloodcells.core.hydra import PROJECT_ROOT
 from bloodcells.inference.checkpoints import load_classifier, safe_load
 from bloodcells.models.hparams import migrate_hparams
-from tests.conftest import run_train_cli, tiny_classifier
-from tests.test_trust import assert_one_line_error, run_cli
+from tests.helpers import assert_one_line_error, run_cli, run_train_cli, tiny_classifier
 
 SAMPLE = PROJECT_ROOT / "data" / "sample"
 PRECIOUS = "precious data\n"
