@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 from bloodcells.core.errors import DataError, check_choice
 from bloodcells.core.hydra import instantiate
 from bloodcells.data.datamodule import BloodCellDataModule, data_source, same_source, split_digest
+from bloodcells.inference.adapt import adapted_predictor
 from bloodcells.inference.ensemble_file import load_predictor
 from bloodcells.inference.evaluation import Evaluation
 from bloodcells.inference.predictor import Predictor, resolve_device, tta_changes
@@ -94,6 +95,8 @@ def evaluate(cfg: DictConfig) -> dict:
     predictor = load_predictor(cfg.ckpt_path, configured_tta(cfg), resolve_device(cfg.get("device", "auto")))
     datamodule = datamodule_for(predictor, cfg)
     loader = datamodule.loader(datamodule.dataset(cfg.split), datamodule.eval_batch_size)
+    adapt = cfg.get("adapt", "none")
+    predictor = adapted_predictor(predictor, adapt, loader)  # fitted on the scored images only, no labels
     out = predictor.predict(loader)
     views = predictor.tta.n_views > 1
     kind = {(False, False): "plain", (False, True): "tta", (True, False): "ensemble", (True, True): "ensemble+tta"}[
@@ -110,6 +113,7 @@ def evaluate(cfg: DictConfig) -> dict:
         tta=predictor.tta.key,
         temperature=predictor.temperature,
         members=len(predictor.members),
+        adapt=adapt,
     )
     run_dir = Path(cfg.paths.output_dir)
     sources = datamodule.sources(results.index.numpy())

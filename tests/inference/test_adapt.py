@@ -1,0 +1,71 @@
+"""adapt=bn: BatchNorm statistics re-estimated on the images to score, the checkpoint untouched."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+
+from bloodcells.core.compat import batchnorm_base
+from bloodcells.core.errors import ConfigError
+from bloodcells.data.datamodule import array_loader
+from bloodcells.data.readers import read_folder
+from bloodcells.inference.adapt import adapt_batchnorm, adapted_predictor
+from bloodcells.inference.predictor import Predictor
+from bloodcells.runs.predict import predict
+from tests.helpers import SAMPLE_DIR, compose_config, save_checkpoint, tiny_classifier
+
+
+def another_site(images: np.ndarray) -> np.ndarray:
+    """A crude other stain: bluer and darker."""
+    shifted = images.astype(np.float32) * np.array([0.7, 0.8, 1.1]) - 10
+    return np.clip(shifted, 0, 255).astype(np.uint8)
+
+
+def test_the_statistics_become_those_of_the_target_images():
+    torch.manual_seed(0)
+    model = tiny_classifier()
+    target = another_site(read_folder(SAMPLE_DIR).images[::16])  # 40 cells, one batch
+    adapted = adapt_batchnorm(model, array_loader(target, len(target)))
+    first = next(m for m in adapted.backbone.modules() if isinstance(m, batchnorm_base()))
+    seen = []  # what the first BN layer receives does not depend on any BN statistics
+    reference = copy.deepcopy(model)
+    bn = next(m for m in reference.backbone.modules() if isinstance(m, batchnorm_base()))
+    bn.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    with torch.no_grad():
+        reference(torch.from_numpy(target).permute(0, 3, 1, 2))
+    x = seen[0].float()
+    torch.testing.assert_close(first.running_mean, x.mean(dim=(0, 2, 3)), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(first.running_var, x.var(dim=(0, 2, 3), unbiased=True), atol=1e-4, rtol=1e-3)
+    original = next(m for m in model.backbone.modules() if isinstance(m, batchnorm_base()))
+    assert not torch.allclose(original.running_mean, first.running_mean)  # the model itself is unchanged
+    assert adapted.training is False
+
+
+def test_predict_adapts_in_memory_and_leaves_the_checkpoint_alone(tmp_path):
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(tiny_classifier(), tmp_path / "m.ckpt")
+    before = hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    npz = tmp_path / "site.npz"
+    np.savez(npz, images=another_site(read_folder(SAMPLE_DIR).images[::16]))
+    rows = {}
+    for adapt in ("none", "bn"):
+        out = tmp_path / f"{adapt}.csv"
+        predict(
+            compose_config(
+                "predict", [f"ckpt_path={ckpt}", f"input={npz}", f"output={out}", f"adapt={adapt}"], tmp_path
+            )
+        )
+        with open(out) as f:
+            rows[adapt] = np.array([[float(v) for k, v in r.items() if k.startswith("p_")] for r in csv.DictReader(f)])
+    assert hashlib.sha256(ckpt.read_bytes()).hexdigest() == before
+    assert np.abs(rows["none"] - rows["bn"]).max() > 1e-3  # the statistics did change the answer
+
+
+def test_an_unknown_adapt_method_is_named():
+    with pytest.raises(ConfigError, match="adapt='tent'"):
+        adapted_predictor(Predictor([tiny_classifier()]), "tent", array_loader(np.zeros((2, 96, 96, 3), np.uint8), 2))
