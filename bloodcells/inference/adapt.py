@@ -21,6 +21,9 @@ from bloodcells.inference.predictor import Predictor
 from bloodcells.models.module import CellClassifier
 
 ADAPT = ("none", "bn")
+ADAPT_BATCH = 128
+"""Images per batch while re-estimating: BatchNorm averages per-batch statistics, so every
+path (predict, evaluate's default loader, export) adapts with the same batch size."""
 
 
 @torch.no_grad()

@@ -126,6 +126,14 @@ COMPARISON_COLUMNS = (
 )
 
 
+def write_shift_table(out_dir: Path, rows: list[dict]) -> None:
+    """shifts.csv: accuracy of the scored images under each shift of the suite."""
+    with open(out_dir / "shifts.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
 def write_comparison(out_dir: Path, rows: list[dict], note: str) -> None:
     """comparison.csv and comparison.md: one row per variant (plain, TTA, ensemble...)."""
     with open(out_dir / "comparison.csv", "w", newline="") as f:

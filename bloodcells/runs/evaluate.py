@@ -8,22 +8,27 @@ metrics.json also counts the predictions TTA changed, fixed and broke.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
 import lightning.pytorch as pl
+import numpy as np
+import torch
 from omegaconf import DictConfig
 
 from bloodcells.core.errors import DataError, check_choice
 from bloodcells.core.hydra import instantiate
-from bloodcells.data.datamodule import BloodCellDataModule, data_source, same_source, split_digest
-from bloodcells.inference.adapt import adapted_predictor
+from bloodcells.data.datamodule import BloodCellDataModule, array_loader, data_source, same_source, split_digest
+from bloodcells.data.shifts import SHIFTS, shifted
+from bloodcells.inference.adapt import ADAPT_BATCH, adapted_predictor
 from bloodcells.inference.ensemble_file import load_predictor
 from bloodcells.inference.evaluation import Evaluation
+from bloodcells.inference.metrics import compute_metrics
 from bloodcells.inference.predictor import Predictor, resolve_device, tta_changes
 from bloodcells.inference.tta import TTA
 from bloodcells.reporting.html import report_run
-from bloodcells.reporting.outputs import format_summary, plot_reliability, write_evaluation
+from bloodcells.reporting.outputs import format_summary, plot_reliability, write_evaluation, write_shift_table
 from bloodcells.runs.build import build_datamodule
 
 SPLITS = ("test", "val", "train", "all")
@@ -96,7 +101,9 @@ def evaluate(cfg: DictConfig) -> dict:
     datamodule = datamodule_for(predictor, cfg)
     loader = datamodule.loader(datamodule.dataset(cfg.split), datamodule.eval_batch_size)
     adapt = cfg.get("adapt", "none")
-    predictor = adapted_predictor(predictor, adapt, loader)  # fitted on the scored images only, no labels
+    base = predictor
+    adapting = datamodule.loader(datamodule.dataset(cfg.split), ADAPT_BATCH)
+    predictor = adapted_predictor(base, adapt, adapting)  # fitted on the scored images only, no labels
     out = predictor.predict(loader)
     views = predictor.tta.n_views > 1
     kind = {(False, False): "plain", (False, True): "tta", (True, False): "ensemble", (True, True): "ensemble+tta"}[
@@ -138,5 +145,40 @@ def evaluate(cfg: DictConfig) -> dict:
         f"\nEvaluation of {cfg.ckpt_path} (TTA {predictor.tta.key}, T={predictor.temperature:.3f}) "
         f"on the {cfg.split} split:\n{format_summary(metrics, results.per_class)}"
     )
+    if cfg.get("shifts", False):
+        rows = shift_suite(base, adapt, datamodule, datamodule.splits[cfg.split], datamodule.eval_batch_size)
+        write_shift_table(run_dir, rows)
+        metrics["shifts"] = {r["shift"]: r["accuracy"] for r in rows}
+        (run_dir / "metrics.json").write_text(
+            json.dumps({**json.loads((run_dir / "metrics.json").read_text()), "shifts": rows}, indent=2)
+        )
+        print(f"\naccuracy under each shift of the scored images (adapt={adapt}):")
+        print("\n".join(f"  {r['shift']:<26} {r['accuracy']:.4f}" for r in rows))
     print(f"Run dir: {run_dir}")
     return metrics
+
+
+def shift_suite(
+    predictor: Predictor, adapt: str, datamodule: BloodCellDataModule, index, batch_size: int
+) -> list[dict]:
+    """The scored images under every shift of ``data.shifts.SHIFTS`` (at the model's input
+    size); with ``adapt=bn`` each shifted set is its own site and gets its own statistics."""
+    images = np.stack([datamodule.eval_pipeline(image=a)["image"] for a in datamodule.data.images[index]])
+    targets = torch.as_tensor(datamodule.data.labels[index])
+    rows = []
+    for name in ("none", *SHIFTS):
+        x = shifted(images, name)
+        scorer = adapted_predictor(predictor, adapt, array_loader(x, ADAPT_BATCH))
+        probs = scorer.predict(array_loader(x, batch_size))["probs"]
+        m = compute_metrics(probs, targets, predictor.class_names)["metrics"]
+        rows.append(
+            {
+                "shift": name,
+                "accuracy": m["accuracy"],
+                "balanced_accuracy": m["balanced_accuracy"],
+                "macro_f1": m["macro_f1"],
+                "ece": m["ece"],
+                "n": int(len(x)),
+            }
+        )
+    return rows

@@ -18,6 +18,9 @@ import torch
 from omegaconf import DictConfig
 
 from bloodcells.core.errors import ConfigError, check_choice
+from bloodcells.data.datamodule import array_loader
+from bloodcells.data.readers import read_unlabelled
+from bloodcells.inference.adapt import ADAPT_BATCH, adapted_predictor
 from bloodcells.inference.deploy import DeployedPredictor
 from bloodcells.inference.ensemble_file import load_predictor
 from bloodcells.runs.evaluate import configured_tta
@@ -72,6 +75,9 @@ def export_submission(module: DeployedPredictor, folder: Path) -> Path:
 def export(cfg: DictConfig) -> Path:
     check_choice("format", cfg.format, FORMATS)
     predictor = load_predictor(cfg.ckpt_path, configured_tta(cfg), "cpu")
+    if cfg.get("adapt_to"):  # bake a target site's BatchNorm statistics into the graph
+        images, _ = read_unlabelled(cfg.adapt_to, image_size=predictor.image_size)
+        predictor = adapted_predictor(predictor, "bn", array_loader(images, ADAPT_BATCH))
     module = DeployedPredictor(predictor).eval()
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -82,5 +88,6 @@ def export(cfg: DictConfig) -> Path:
             path = export_pt2(module, out / "model.pt2")
         else:
             path = export_submission(module, out / "submission")
-    print(f"Exported {cfg.ckpt_path} (TTA {predictor.tta.key}, {len(predictor.members)} member(s)) -> {path}")
+    adapted = f", BatchNorm adapted to {cfg.adapt_to}" if cfg.get("adapt_to") else ""
+    print(f"Exported {cfg.ckpt_path} (TTA {predictor.tta.key}, {len(predictor.members)} member(s){adapted}) -> {path}")
     return path

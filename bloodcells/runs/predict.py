@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 from bloodcells.core.errors import ConfigError, check_positive
 from bloodcells.data.datamodule import array_loader
 from bloodcells.data.readers import read_unlabelled
-from bloodcells.inference.adapt import adapted_predictor
+from bloodcells.inference.adapt import ADAPT_BATCH, adapted_predictor
 from bloodcells.inference.ensemble_file import load_predictor
 from bloodcells.inference.predictor import resolve_device
 from bloodcells.reporting.outputs import write_predictions
@@ -32,7 +32,7 @@ def predict(cfg: DictConfig) -> Path:
         raise ConfigError(f"output={out} is a folder; give a file name, e.g. output={out / 'predictions.csv'}")
     predictor = load_predictor(cfg.ckpt_path, configured_tta(cfg), resolve_device(cfg.get("device", "auto")))
     images, sources = read_unlabelled(cfg.input, image_size=predictor.image_size)
-    predictor = adapted_predictor(predictor, cfg.get("adapt", "none"), array_loader(images, cfg.batch_size))
+    predictor = adapted_predictor(predictor, cfg.get("adapt", "none"), array_loader(images, ADAPT_BATCH))
     probs = predictor.predict(array_loader(images, cfg.batch_size))["probs"].numpy()
     out.parent.mkdir(parents=True, exist_ok=True)
     write_predictions(out, sources, probs, predictor.class_names)

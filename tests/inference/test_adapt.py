@@ -69,3 +69,26 @@ def test_predict_adapts_in_memory_and_leaves_the_checkpoint_alone(tmp_path):
 def test_an_unknown_adapt_method_is_named():
     with pytest.raises(ConfigError, match="adapt='tent'"):
         adapted_predictor(Predictor([tiny_classifier()]), "tent", array_loader(np.zeros((2, 96, 96, 3), np.uint8), 2))
+
+
+def test_export_bakes_the_target_statistics_into_the_graph(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    from bloodcells.runs.export import export
+
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(tiny_classifier(), tmp_path / "m.ckpt")
+    site = another_site(read_folder(SAMPLE_DIR).images[::2])  # 320 cells: several adaptation batches
+    np.savez(tmp_path / "site.npz", images=site)
+    cfg = compose_config("export", [f"ckpt_path={ckpt}", "format=onnx", f"adapt_to={tmp_path / 'site.npz'}"], tmp_path)
+    session = ort.InferenceSession(str(export(cfg)))
+    graph = session.run(["probs"], {"images": site})[0]
+    out = tmp_path / "bn.csv"
+    predict(
+        compose_config(
+            "predict", [f"ckpt_path={ckpt}", f"input={tmp_path / 'site.npz'}", f"output={out}", "adapt=bn"], tmp_path
+        )
+    )
+    with open(out) as f:
+        expected = np.array([[float(v) for k, v in r.items() if k.startswith("p_")] for r in csv.DictReader(f)])
+    assert np.array_equal(graph.argmax(1), expected.argmax(1))
+    assert np.abs(graph - expected).max() <= 1e-4
