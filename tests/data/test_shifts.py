@@ -6,6 +6,7 @@ import csv
 import json
 
 import numpy as np
+import pytest
 
 from bloodcells.data.readers import read_folder
 from bloodcells.data.shifts import SHIFTS, shifted
@@ -37,6 +38,7 @@ def test_shifts_do_what_their_names_say():
     assert white[1] > white[0] + 0.1
 
 
+@pytest.mark.slow  # 24 scoring passes
 def test_evaluate_writes_the_accuracy_under_every_shift(tmp_path):
     ckpt = save_checkpoint(tiny_classifier(), tmp_path / "m.ckpt")
     for adapt in ("none", "bn"):
