@@ -27,6 +27,7 @@ from bloodcells.models.losses import build_loss, class_weights
 from bloodcells.models.metrics import validation_metrics
 from bloodcells.models.optimizers import make_optimizer
 from bloodcells.models.schedulers import StagedLR
+from bloodcells.models.stain_norm import ReinhardNorm, lab_statistics
 
 
 def to_plain(value: Any) -> Any:
@@ -56,6 +57,7 @@ class CellClassifier(pl.LightningModule):
         drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
         channels_last: bool = True,
+        stain_norm: str = "none",
     ) -> None:
         super().__init__()
         head, class_names, optim, sched, loss, finetune = map(
@@ -76,6 +78,7 @@ class CellClassifier(pl.LightningModule):
                 drop_rate=drop_rate,
                 drop_path_rate=drop_path_rate,
                 channels_last=channels_last,
+                stain_norm=stain_norm,
             )
         )
         self.save_hyperparameters()
@@ -88,6 +91,8 @@ class CellClassifier(pl.LightningModule):
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.backbone.to(memory_format=self.memory_format)
         mean, std = backbone_norm(self.backbone)
+        self.stain = ReinhardNorm() if stain_norm == "reinhard" else None
+        """Stain normalisation to the training split's LAB statistics (a buffer in the checkpoint)."""
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255)
         self.head = MLPHead(self.backbone.num_features, len(class_names), **head)
@@ -101,7 +106,8 @@ class CellClassifier(pl.LightningModule):
     # --- model -------------------------------------------------------------------------
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits for uint8 (or 0-255 float) images, N x 3 x H x W."""
-        x = ((images.float() - self.mean) / self.std).contiguous(memory_format=self.memory_format)
+        x = images.float() if self.stain is None else self.stain(images.float())
+        x = ((x - self.mean) / self.std).contiguous(memory_format=self.memory_format)
         return self.head(self.backbone(x))
 
     def frozen_blocks(self, epoch: int) -> list[bool]:
@@ -137,6 +143,8 @@ class CellClassifier(pl.LightningModule):
             weights = class_weights(dm.train_class_counts(), self.criterion.class_weights)
             if weights is not None:
                 self.class_weight.copy_(weights)
+            if self.stain is not None:  # the reference: the training split's LAB statistics
+                self.stain.set_reference(*lab_statistics(dm.data.images[dm.splits["train"]]))
 
     def on_train_epoch_start(self) -> None:
         self.apply_freezing(self.current_epoch)
