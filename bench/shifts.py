@@ -28,6 +28,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", action="append", required=True, help="NAME=CHECKPOINT (repeat)")
     parser.add_argument("--root", default=str(Path(__file__).resolve().parents[2] / "shared/data/pbc96/train"))
+    parser.add_argument("--limit", type=int, default=None, help="score only the first N test images")
     args = parser.parse_args()
     torch.set_num_threads(2)
     table: dict[str, dict[str, float]] = {}
@@ -38,7 +39,7 @@ def main() -> None:
         predictor = load_predictor(ckpt, TTA("none"))
         datamodule = datamodule_for(predictor, cfg)  # the checkpoint's own test split
         for adapt in ("none", "bn"):
-            rows = shift_suite(predictor, adapt, datamodule, datamodule.splits["test"], 128)
+            rows = shift_suite(predictor, adapt, datamodule, datamodule.splits["test"][: args.limit], 128)
             table[f"{name}/adapt={adapt}"] = {r["shift"]: round(r["accuracy"], 4) for r in rows}
             print(f"{name} adapt={adapt}: " + "  ".join(f"{r['shift']} {r['accuracy']:.4f}" for r in rows), flush=True)
     columns = list(table)
@@ -48,7 +49,7 @@ def main() -> None:
         print(f"| {shift} | " + " | ".join(f"{table[c][shift]:.4f}" for c in columns) + " |")
     means = {c: round(sum(v for k, v in table[c].items() if k != "none") / len(SHIFTS), 4) for c in columns}
     print("| mean over shifts | " + " | ".join(f"{means[c]:.4f}" for c in columns) + " |")
-    emit({"bench": "shifts", "accuracy": table, "mean_over_shifts": means})
+    emit({"bench": "shifts", "test_images": args.limit or "all", "accuracy": table, "mean_over_shifts": means})
 
 
 if __name__ == "__main__":

@@ -39,6 +39,8 @@ def adapt_batchnorm(model: CellClassifier, loader: DataLoader) -> CellClassifier
         bn.train()
     seen = 0
     for images, *_ in loader:
+        if len(images) < 2:  # a lone image has no batch variance (and BatchNorm1d refuses it)
+            continue
         adapted(resize_images(images.to(adapted.device), model.hparams.image_size))
         seen += len(images)
     if seen < 2:

@@ -92,3 +92,13 @@ def test_export_bakes_the_target_statistics_into_the_graph(tmp_path):
         expected = np.array([[float(v) for k, v in r.items() if k.startswith("p_")] for r in csv.DictReader(f)])
     assert np.array_equal(graph.argmax(1), expected.argmax(1))
     assert np.abs(graph - expected).max() <= 1e-4
+
+
+def test_a_last_batch_of_one_image_is_skipped_not_an_error():
+    """2,049 test cells in batches of 128 leave one: BatchNorm1d in the head cannot adapt on it."""
+    model = tiny_classifier()
+    cells = another_site(read_folder(SAMPLE_DIR).images[:129])
+    adapted = adapt_batchnorm(model, array_loader(cells, 128))
+    whole = adapt_batchnorm(model, array_loader(cells[:128], 128))
+    first = [next(m for m in a.backbone.modules() if isinstance(m, batchnorm_base())) for a in (adapted, whole)]
+    torch.testing.assert_close(first[0].running_mean, first[1].running_mean)
