@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
 import torch
 from common import emit
 
@@ -28,7 +29,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", action="append", required=True, help="NAME=CHECKPOINT (repeat)")
     parser.add_argument("--root", default=str(Path(__file__).resolve().parents[2] / "shared/data/pbc96/train"))
-    parser.add_argument("--limit", type=int, default=None, help="score only the first N test images")
+    parser.add_argument("--limit", type=int, default=None, help="score N test images, evenly spaced")
     args = parser.parse_args()
     torch.set_num_threads(2)
     table: dict[str, dict[str, float]] = {}
@@ -39,7 +40,10 @@ def main() -> None:
         predictor = load_predictor(ckpt, TTA("none"))
         datamodule = datamodule_for(predictor, cfg)  # the checkpoint's own test split
         for adapt in ("none", "bn"):
-            rows = shift_suite(predictor, adapt, datamodule, datamodule.splits["test"][: args.limit], 128)
+            test = datamodule.splits["test"]  # sorted by class: a subset is taken evenly spaced, every class in it
+            if args.limit:
+                test = test[np.linspace(0, len(test) - 1, min(args.limit, len(test))).astype(int)]
+            rows = shift_suite(predictor, adapt, datamodule, test, 128)
             table[f"{name}/adapt={adapt}"] = {r["shift"]: round(r["accuracy"], 4) for r in rows}
             print(f"{name} adapt={adapt}: " + "  ".join(f"{r['shift']} {r['accuracy']:.4f}" for r in rows), flush=True)
     columns = list(table)
