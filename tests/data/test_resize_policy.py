@@ -5,8 +5,6 @@
 from __future__ import annotations
 
 import csv
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +21,7 @@ from bloodcells.inference.ensemble_file import load_predictor
 from bloodcells.runs.evaluate import evaluate
 from bloodcells.runs.export import export
 from bloodcells.runs.predict import predict
-from tests.helpers import BLOCKER, SAMPLE_DIR, compose_config, save_checkpoint, tiny_classifier
+from tests.helpers import SAMPLE_DIR, compose_config, run_submission, save_checkpoint, tiny_classifier
 
 
 @pytest.fixture(scope="module")
@@ -110,14 +108,5 @@ def test_predict_evaluate_and_the_exported_graph_agree_on_an_npz_of_another_size
     assert np.abs(by_predict - by_evaluate).max() <= 1e-5
     assert len(set(by_predict.argmax(1))) >= 4  # a model that answers one class proves nothing
     folder = export(compose_config("export", [f"ckpt_path={ckpt}", "format=submission"], tmp_path / "export"))
-    np.save(tmp_path / "X.npy", images)  # the course format: uint8 N x 96 x 96 x 3, for a 128-px model
-    script = tmp_path / "run.py"
-    script.write_text(BLOCKER)
-    out = subprocess.run(
-        [sys.executable, "-I", str(script), str(folder), str(tmp_path / "X.npy"), str(tmp_path / "preds.npy")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert np.array_equal(np.load(tmp_path / "preds.npy"), by_predict.argmax(1))
+    predicted = run_submission(folder, images, tmp_path)  # the course format: uint8 N x 96 x 96 x 3
+    assert np.array_equal(predicted, by_predict.argmax(1))  # from a 128-px model

@@ -3,6 +3,7 @@ the CLI as a user runs it, and the one-line-error check."""
 
 from __future__ import annotations
 
+import builtins
 import os
 import subprocess
 import sys
@@ -21,6 +22,7 @@ SAMPLE_DIR = PROJECT_ROOT / "data" / "sample"
 
 __all__ = [
     "BLOCKER",
+    "WritesAFile",
     "FAST_TRAIN",
     "PROJECT_ROOT",
     "SAMPLE_DIR",
@@ -28,6 +30,7 @@ __all__ = [
     "compose_config",
     "loader_of",
     "run_cli",
+    "run_submission",
     "run_train_cli",
     "save_checkpoint",
     "tiny_classifier",
@@ -120,3 +123,30 @@ BLOCKER = textwrap.dedent(
     assert "torch" not in sys.modules and "bloodcells" not in sys.modules
     """
 )
+
+
+def run_submission(folder: Path, images: np.ndarray, work: Path) -> np.ndarray:
+    """The exported submission's ``Model().predict(images)`` in a fresh interpreter that cannot
+    import torch or bloodcells (``BLOCKER``); its class indices."""
+    np.save(work / "X.npy", images)
+    script = work / "run.py"
+    script.write_text(BLOCKER)
+    out = subprocess.run(
+        [sys.executable, "-I", str(script), str(folder), str(work / "X.npy"), str(work / "preds.npy")],
+        capture_output=True,
+        text=True,
+        cwd=work,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return np.load(work / "preds.npy")
+
+
+class WritesAFile:
+    """Unpickling this calls ``open(marker, "w")``: code running, as in a crafted file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return builtins.open, (str(self.marker), "w")

@@ -5,7 +5,6 @@ exit 2, before anything they name is called."""
 
 from __future__ import annotations
 
-import builtins
 import copy
 import json
 from pathlib import Path
@@ -18,20 +17,10 @@ from bloodcells.core.errors import CheckpointError
 from bloodcells.core.hydra import PROJECT_ROOT
 from bloodcells.inference.checkpoints import load_classifier, safe_load
 from bloodcells.models.hparams import migrate_hparams
-from tests.helpers import assert_one_line_error, run_cli, run_train_cli, tiny_classifier
+from tests.helpers import WritesAFile, assert_one_line_error, run_cli, run_train_cli, tiny_classifier
 
 SAMPLE = PROJECT_ROOT / "data" / "sample"
 PRECIOUS = "precious data\n"
-
-
-class WritesAFile:
-    """Unpickling this creates ``marker``: proof that a second file was unpickled."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return builtins.open, (str(self.marker), "w")
 
 
 @pytest.fixture

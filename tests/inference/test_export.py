@@ -3,9 +3,6 @@ numpy + onnxruntime only."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import torch
@@ -18,7 +15,7 @@ from bloodcells.inference.ensemble_file import load_predictor, write_ensemble_fi
 from bloodcells.inference.predictor import Predictor
 from bloodcells.inference.tta import TTA
 from bloodcells.runs.export import export, export_onnx, export_pt2
-from tests.helpers import BLOCKER, compose_config, save_checkpoint, tiny_classifier
+from tests.helpers import compose_config, run_submission, save_checkpoint, tiny_classifier
 
 SAMPLE = PROJECT_ROOT / "data" / "sample"
 
@@ -75,16 +72,5 @@ def test_the_submission_package_runs_without_torch_or_bloodcells(predictor, real
     )
     folder = export(compose_config("export", [f"ckpt_path={ensemble}", "format=submission"], tmp_path / "out"))
     assert sorted(p.name for p in folder.iterdir()) == ["classes.json", "model.onnx", "model.py"]
-    np.save(tmp_path / "X.npy", real_images)
-    script = tmp_path / "run.py"
-    script.write_text(BLOCKER)
-    out = subprocess.run(
-        [sys.executable, "-I", str(script), str(folder), str(tmp_path / "X.npy"), str(tmp_path / "preds.npy")],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=300,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
     expected = reference_probs(load_predictor(ensemble), real_images).argmax(1)
-    assert np.array_equal(np.load(tmp_path / "preds.npy"), expected)
+    assert np.array_equal(run_submission(folder, real_images, tmp_path), expected)

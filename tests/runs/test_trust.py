@@ -3,7 +3,6 @@ checkpoints, config mistakes and data edge cases, SIGTERM, cleaning-cache robust
 
 from __future__ import annotations
 
-import builtins
 import json
 import logging
 import os
@@ -35,6 +34,7 @@ from bloodcells.runs.resume import resolve_resume
 from bloodcells.runs.upgrade import upgrade
 from tests.helpers import (
     FAST_TRAIN,
+    WritesAFile,
     assert_one_line_error,
     compose_config,
     run_cli,
@@ -47,16 +47,6 @@ SAMPLE = PROJECT_ROOT / "data" / "sample"
 
 
 # --- 1. a checkpoint cannot execute code -----------------------------------------------------
-
-
-class WritesAFile:
-    """Unpickling this calls open(marker, 'w'): code execution, as in a crafted checkpoint."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return builtins.open, (str(self.marker), "w")
 
 
 @pytest.fixture
