@@ -6,6 +6,9 @@ device, every sample once), and from those logits compares plain / TTA / ensembl
 ensemble+TTA, each with a temperature fitted on validation. It stores the best checkpoint's
 temperatures inside that checkpoint (``predict`` uses them), writes ``ensemble.json`` for
 the top-k ensemble, and leaves the test results of the configured TTA for ``train`` to report.
+With ``foreign_score`` it first fits the best checkpoint's foreign-image score
+(``inference.ood``: training features, threshold and choice on validation) and stores it in
+that checkpoint with the validation probabilities that conformal prediction sets are fitted on.
 """
 
 from __future__ import annotations
@@ -14,16 +17,21 @@ import logging
 from pathlib import Path
 
 import lightning.pytorch as pl
+import numpy as np
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from bloodcells.core.errors import check_positive
 from bloodcells.inference.checkpoints import load_classifier, write_calibration
 from bloodcells.inference.ensemble_file import write_ensemble_file
 from bloodcells.inference.ensembling import FITTED_ON, VariantResult, compare_variants
+from bloodcells.inference.ood import fit_ood
 from bloodcells.inference.predictor import Predictor, Scores
 from bloodcells.inference.tta import NO_TTA, TTA
 
 log = logging.getLogger(__name__)
+
+SUITE_SIZE = 512
+"""Validation cells the foreign suite is made from (evenly spaced): enough to rank methods."""
 
 
 def monitored_checkpoint(trainer: pl.Trainer) -> ModelCheckpoint | None:
@@ -41,11 +49,14 @@ def ranked_checkpoints(trainer: pl.Trainer) -> list[str]:
 
 
 class TTAEnsembleCallback(pl.Callback):
-    def __init__(self, tta: TTA, top_k: int = 1) -> None:
+    def __init__(self, tta: TTA, top_k: int = 1, foreign_score: bool = True) -> None:
         check_positive("callbacks.tta_ensemble.top_k", top_k)
-        self.tta, self.top_k = tta, top_k
+        self.tta, self.top_k, self.foreign_score = tta, top_k, foreign_score
         self.variants: list[VariantResult] = []
         self.test: Scores | None = None
+        self.val: Scores | None = None
+        self.ood_comparison: list[dict] = []
+        """Validation AUROC of every foreign-image score method (the kept one is the best)."""
         self.checkpoints: list[str] = []
         self.best_model: pl.LightningModule | None = None
 
@@ -66,23 +77,43 @@ class TTAEnsembleCallback(pl.Callback):
                 len(self.checkpoints),
             )
         self.best_model = members[0]
-        predictor = Predictor(members, self.tta)
         datamodule = trainer.datamodule
-        val = predictor.scores(datamodule.val_dataloader())
+        if self.foreign_score:
+            self.fit_foreign_score(members[0], datamodule)
+        predictor = Predictor(members, self.tta)
+        self.val = predictor.scores(datamodule.val_dataloader())
         self.test = predictor.scores(datamodule.test_dataloader())
-        self.variants = compare_variants(val, self.test, self.tta, list(module.class_names))
+        self.variants = compare_variants(self.val, self.test, self.tta, list(module.class_names))
         if self.checkpoints:
             self.store(Path(self.checkpoints[0]).parent.parent)
+
+    def fit_foreign_score(self, model: pl.LightningModule, datamodule: pl.LightningDataModule) -> None:
+        """Fit the foreign-image score on the training split; choose it and set its threshold
+        on validation (the cells, and foreign images made from them)."""
+        val_index = datamodule.splits["val"]
+        val_index = val_index[np.linspace(0, len(val_index) - 1, min(len(val_index), SUITE_SIZE)).astype(int)]
+        val_images = datamodule.eval_images(val_index)
+        train = datamodule.loader(datamodule.dataset("train"), datamodule.eval_batch_size)
+        model.ood, self.ood_comparison = fit_ood(
+            model, train, datamodule.val_dataloader(), val_images, datamodule.eval_batch_size, datamodule.seed
+        )
 
     def store(self, run_dir: Path) -> None:
         by_kind = {v.kind: v for v in self.variants}
         temperatures = {NO_TTA.key: by_kind["plain"].temperature}
         if "tta" in by_kind:
             temperatures[self.tta.key] = by_kind["tta"].temperature
-        write_calibration(
-            self.checkpoints[0],
-            {"tta": self.tta.to_dict(), "temperatures": temperatures, "fitted_on": "validation split"},
-        )
+        targets = self.val.targets
+        conformal = {NO_TTA.key: {"probs": by_kind["plain"].val_probs, "targets": targets}}
+        if "tta" in by_kind:
+            conformal[self.tta.key] = {"probs": by_kind["tta"].val_probs, "targets": targets}
+        calibration = {
+            "tta": self.tta.to_dict(),
+            "temperatures": temperatures,
+            "conformal": conformal,
+            "fitted_on": "validation split",
+        }
+        write_calibration(self.checkpoints[0], calibration, self.best_model.ood)
         if len(self.checkpoints) > 1:
             best = by_kind.get("ensemble+tta") or by_kind["ensemble"]
             n = len(self.checkpoints)
@@ -93,6 +124,7 @@ class TTAEnsembleCallback(pl.Callback):
                 self.tta,
                 best.temperature,
                 {"fitted_on": FITTED_ON, "weights": "uniform over the run's top-k checkpoints"},
+                {"probs": best.val_probs, "targets": targets},
             )
 
     def deployed(self) -> VariantResult:

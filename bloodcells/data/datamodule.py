@@ -377,5 +377,10 @@ class BloodCellDataModule(pl.LightningDataModule):
         counts.append({"class": "all", **{s: int(len(self.splits[s])) for s in ("train", "val", "test")}})
         return {"counts": counts, "cleaning": self.cleaning_counts, "source": self.source_name}
 
+    def eval_images(self, index: np.ndarray) -> np.ndarray:
+        """The images at ``index`` through the eval pipeline (uint8 N x H x W x 3)."""
+        self.setup()
+        return np.stack([self.eval_pipeline(image=a)["image"] for a in self.data.images[index]])
+
     def sources(self, index: np.ndarray) -> list[str]:
         return [self.data.sources[i] for i in index]

@@ -20,9 +20,10 @@ from lightning.pytorch.plugins import TorchCheckpointIO
 from bloodcells.core.errors import CheckpointError, ConfigError
 from bloodcells.core.files import replace_atomically
 from bloodcells.data.datamodule import DATA_RECORD
-from bloodcells.inference.stored import check_calibration, check_data_record
+from bloodcells.inference.stored import check_calibration, check_conformal, check_data_record, check_ood
 from bloodcells.models.hparams import migrate_hparams
 from bloodcells.models.module import CellClassifier
+from bloodcells.models.ood import OODScorer
 
 UPGRADE_HINT = "python -m bloodcells.checkpoints upgrade {path}"
 
@@ -105,6 +106,11 @@ def load_classifier(ckpt_path: object, map_location: str | torch.device = "cpu")
             f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
     model.on_load_checkpoint(checkpoint)
+    k, d = len(model.class_names), model.backbone.num_features
+    check_conformal(model.calibration.get("conformal"), str(ckpt_path), k)
+    ood = check_ood(checkpoint.get("ood"), str(ckpt_path), d, k)
+    if ood is not None:
+        model.ood = OODScorer(ood["method"], ood["threshold"], ood["arrays"], ood["k"], ood["pixels"])
     return model.to(map_location).eval()
 
 
@@ -123,8 +129,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         atomic_save(checkpoint, Path(path))
 
 
-def write_calibration(ckpt_path: str | Path, calibration: dict) -> None:
-    """Store fitted temperatures (per TTA key) inside the checkpoint, where predict finds them."""
+def write_calibration(ckpt_path: str | Path, calibration: dict, ood: OODScorer | None = None) -> None:
+    """Store what was fitted after training inside the checkpoint, where predict finds it:
+    temperatures and conformal calibration per TTA key, and the foreign-image score."""
     checkpoint = safe_load(ckpt_path)
     checkpoint["calibration"] = calibration
+    if ood is not None:
+        checkpoint["ood"] = ood.state()
     atomic_save(checkpoint, Path(ckpt_path))

@@ -1,4 +1,5 @@
-"""A predictor as one plain ``nn.Module``: uint8 N x H x W x 3 in, probabilities out.
+"""A predictor as one plain ``nn.Module``: uint8 N x H x W x 3 in, probabilities out (and
+the foreign-image score, when the members carry one: 1 at the threshold, > 1 foreign).
 
 Normalisation, the TTA views, the ensemble members with their weights and the calibration
 temperature all live inside ``forward``, so an exported graph (ONNX, .pt2) needs nothing
@@ -28,17 +29,27 @@ class DeployedPredictor(nn.Module):
         n = len(self.members)
         weights = predictor.weights if predictor.weights is not None else torch.full((n,), 1.0 / n)
         self.register_buffer("weights", torch.as_tensor(weights, dtype=torch.float32))
+        scored = torch.tensor([m.ood is not None for m in predictor.members], dtype=torch.float32)
+        self.has_ood = bool(scored.any())
+        self.register_buffer("ood_weights", self.weights * scored / (self.weights * scored).sum().clamp_min(1e-12))
         self.tta = predictor.tta
         self.temperature = float(predictor.temperature)
         self.class_names = list(predictor.class_names)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 N x H x W x 3 of any size -> N x K probabilities. Images are brought to the
-        members' input size by ``resize_images``, as ``predict`` and training bring them."""
+    def forward(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """uint8 N x H x W x 3 of any size -> N x K probabilities [, N foreign-image scores, as
+        ``Predictor`` combines them]. Images are brought to the members' input size by
+        ``resize_images``, as ``predict`` and training bring them."""
         x = resize_images(images.permute(0, 3, 1, 2), self.image_size)
+        n = x.shape[0]
         views = self.tta.expand(x)
         probs = torch.zeros((), device=x.device)
-        for weight, member in zip(self.weights, self.members):
-            logits = member(views).float().reshape(self.tta.n_views, x.shape[0], -1)
-            probs = probs + weight * self.tta.merge_logits(logits)
-        return apply_temperature(probs, self.temperature)
+        ood = torch.zeros((), device=x.device)
+        for weight, ood_weight, member in zip(self.weights, self.ood_weights, self.members):
+            feats = member.features(views)
+            logits = member.head(feats).float()
+            probs = probs + weight * self.tta.merge_logits(logits.reshape(self.tta.n_views, n, -1))
+            if member.ood is not None:  # the identity view: the first n rows
+                ood = ood + ood_weight * member.ood(x, feats[:n], logits[:n])
+        probs = apply_temperature(probs, self.temperature)
+        return (probs, ood) if self.has_ood else probs

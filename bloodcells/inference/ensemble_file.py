@@ -19,7 +19,7 @@ import torch
 from bloodcells.core.errors import CheckpointError
 from bloodcells.inference.checkpoints import check_path, load_classifier
 from bloodcells.inference.predictor import Predictor
-from bloodcells.inference.stored import is_number, tta_from_dict
+from bloodcells.inference.stored import check_conformal, is_number, tta_from_dict
 from bloodcells.inference.tta import TTA
 
 log = logging.getLogger(__name__)
@@ -29,9 +29,16 @@ ENSEMBLE_SUFFIXES = (".json",)
 
 
 def write_ensemble_file(
-    path: Path, members: list[str], weights: list[float], tta: TTA, temperature: float, provenance: dict
+    path: Path,
+    members: list[str],
+    weights: list[float],
+    tta: TTA,
+    temperature: float,
+    provenance: dict,
+    calibration_set: dict | None = None,
 ) -> Path:
-    """Write the ensemble file (member paths relative to it where possible)."""
+    """Write the ensemble file (member paths relative to it where possible), with the
+    validation probabilities conformal sets are fitted on, when given."""
     path.parent.mkdir(parents=True, exist_ok=True)
     rel = [os.path.relpath(Path(m).resolve(), path.parent.resolve()) for m in members]
     body = {
@@ -42,6 +49,11 @@ def write_ensemble_file(
         "temperature": float(temperature),
         "provenance": provenance,
     }
+    if calibration_set is not None:
+        body["conformal"] = {
+            "probs": [[round(float(p), 8) for p in row] for row in calibration_set["probs"]],
+            "targets": [int(t) for t in calibration_set["targets"]],
+        }
     path.write_text(json.dumps(body, indent=2))
     return path
 
@@ -88,11 +100,14 @@ def load_predictor(path: object, tta: TTA | None = None, device: str | torch.dev
         weights = [float(m.get("weight", 1.0)) for m in body["members"]]
         weights = [w / sum(weights) for w in weights]
         temperatures = {stored.key: float(body.get("temperature", 1.0))}
+        conformal = {stored.key: body["conformal"]} if "conformal" in body else {}
+        check_conformal(conformal, str(file), len(members[0].class_names))
     else:
         model = load_classifier(file, device)
         members, weights = [model], None
         stored = tta_from_dict(model.calibration.get("tta"), str(file))  # checked by safe_load
         temperatures = dict(model.calibration.get("temperatures", {}))
+        conformal = dict(model.calibration.get("conformal", {}))  # checked by load_classifier
     chosen = tta or stored
     temperature = temperatures.get(chosen.key)
     if temperature is None:
@@ -101,4 +116,4 @@ def load_predictor(path: object, tta: TTA | None = None, device: str | torch.dev
                 "%s: calibrated for TTA %s, not %s; predicting uncalibrated", file, list(temperatures), chosen.key
             )
         temperature = 1.0
-    return Predictor(members, chosen, weights, temperature)
+    return Predictor(members, chosen, weights, temperature, conformal.get(chosen.key))

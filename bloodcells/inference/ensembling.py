@@ -79,6 +79,8 @@ class VariantResult:
     """Calibrated test probabilities."""
     temperature: float
     uncalibrated_test_probs: torch.Tensor
+    val_probs: torch.Tensor
+    """Calibrated validation probabilities: what conformal prediction sets are fitted on."""
 
 
 def evaluate_variant(
@@ -92,7 +94,8 @@ def evaluate_variant(
 ) -> VariantResult:
     """Score one variant on test, with its temperature fitted on validation; ``name`` labels
     its table row (default: the kind and the TTA)."""
-    temperature = fit_temperature(val.probs(tta, weights), val.targets)
+    val_raw = val.probs(tta, weights)
+    temperature = fit_temperature(val_raw, val.targets)
     raw = test.probs(tta, weights)
     calibrated = apply_temperature(raw, temperature)
     metrics = compute_metrics(calibrated, test.targets, class_names)["metrics"]
@@ -112,7 +115,7 @@ def evaluate_variant(
     }
     if tta is not None:
         row.update(tta_changes(test.probs(None, weights), raw, test.targets))
-    return VariantResult(kind, name, row, calibrated, temperature, raw)
+    return VariantResult(kind, name, row, calibrated, temperature, raw, apply_temperature(val_raw, temperature))
 
 
 def compare_variants(

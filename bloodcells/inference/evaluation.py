@@ -3,10 +3,11 @@ and ensemble hand to the run-dir outputs and report.html."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
+from bloodcells.inference.conformal import ConformalSets, risk_coverage, set_metrics, share_at_accuracy
 from bloodcells.inference.metrics import compute_metrics
 
 KINDS = ("plain", "tta", "ensemble", "ensemble+tta")
@@ -28,6 +29,12 @@ class Evaluation:
     per_class: list[dict]
     confusion_matrix: list[list[int]]
     uncalibrated_probs: torch.Tensor | None = None
+    sets: torch.Tensor | None = None
+    """N x K conformal prediction sets (``add_uncertainty``), None when none were fitted."""
+    ood: torch.Tensor | None = None
+    """N foreign-image scores relative to the threshold (> 1: foreign), None without a score."""
+    uncertainty: dict = field(default_factory=dict)
+    """Set metrics (coverage, sizes, per class), the risk-coverage curve, foreign-image rates."""
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -56,3 +63,28 @@ class Evaluation:
             computed["confusion_matrix"],
             uncalibrated_probs,
         )
+
+    def add_uncertainty(
+        self, conformal: ConformalSets | None, ood: torch.Tensor | None, class_names: list[str]
+    ) -> None:
+        """Prediction sets and their empirical coverage, the risk-coverage curve, and the share
+        of these (in-distribution) images that the foreign-image score accepts."""
+        self.uncertainty["risk_coverage"] = risk_coverage(self.probs, self.targets)
+        self.metrics["accepted_share_at_99.5"] = share_at_accuracy(self.probs, self.targets, 0.995)
+        if conformal is not None:
+            self.sets = conformal.sets(self.probs)
+            measured = set_metrics(self.sets, self.targets, class_names)
+            self.uncertainty["conformal"] = {
+                "score": conformal.score,
+                "alpha": conformal.alpha,
+                "class_conditional": conformal.class_conditional,
+                "n_calibration": conformal.n_calibration,
+                "marginal_only_classes": [class_names[c] for c in conformal.marginal_only],
+                **measured,
+            }
+            self.metrics.update(
+                {f"set_{k}": v for k, v in measured.items() if not isinstance(v, dict)}, conformal_alpha=conformal.alpha
+            )
+        if ood is not None:
+            self.ood = ood
+            self.metrics["in_distribution_share"] = float((ood <= 1).float().mean())

@@ -25,30 +25,39 @@ MAX_FORWARD = 256
 
 
 @torch.inference_mode()
-def _view_logits(model: CellClassifier, loader: DataLoader, tta: TTA) -> tuple[list, list, list]:
+def _view_logits(model: CellClassifier, loader: DataLoader, tta: TTA) -> tuple[list, list, list, list]:
     model.eval()
     size = model.hparams.image_size
     step = max(1, MAX_FORWARD // tta.n_views)  # images whose views share one forward pass
-    logits, targets, index = [], [], []
+    logits, ood, targets, index = [], [], [], []
     for images, y, idx in loader:
         x = resize_images(images.to(model.device), size)
         for part in x.split(step):
-            out = model(tta.expand(part)).float()
+            feats = model.features(tta.expand(part))
+            out = model.head(feats).float()
             logits.append(out.view(tta.n_views, len(part), -1).cpu())
+            if model.ood is not None:  # on the identity view (the first len(part) rows)
+                ood.append(model.ood(part, feats[: len(part)], out[: len(part)]).float().cpu())
         targets.append(y)
         index.append(idx)
-    return logits, targets, index
+    return logits, ood, targets, index
 
 
-def view_logits(model: CellClassifier, loader: DataLoader, tta: TTA) -> dict[str, torch.Tensor]:
-    """Logits of every TTA view (V x N x K; view 0 is the identity), targets and indices.
+def view_logits(model: CellClassifier, loader: DataLoader, tta: TTA) -> dict[str, torch.Tensor | None]:
+    """Logits of every TTA view (V x N x K; view 0 is the identity), the foreign-image score
+    of the identity view (N, or None without a fitted score), targets and indices.
 
     All views of an image go through the model in one batch (with the views of up to
     ``MAX_FORWARD / V`` other images), never one forward per view.
     """
-    logits, targets, index = _view_logits(model, loader, tta)
+    logits, ood, targets, index = _view_logits(model, loader, tta)
     # cat outside inference mode: the results can enter autograd (temperature fitting)
-    return {"logits": torch.cat(logits, dim=1), "targets": torch.cat(targets), "index": torch.cat(index)}
+    return {
+        "logits": torch.cat(logits, dim=1),
+        "ood": torch.cat(ood) if ood else None,
+        "targets": torch.cat(targets),
+        "index": torch.cat(index),
+    }
 
 
 @dataclass
@@ -58,9 +67,21 @@ class Scores:
     logits: torch.Tensor
     targets: torch.Tensor
     index: torch.Tensor
+    ood: list[torch.Tensor | None] | None = None
+    """Each member's foreign-image score (N, relative to its threshold), None where it has none."""
 
     def subset(self, members: list[int]) -> Scores:
-        return Scores(self.logits[members], self.targets, self.index)
+        ood = None if self.ood is None else [self.ood[m] for m in members]
+        return Scores(self.logits[members], self.targets, self.index, ood)
+
+    def ood_score(self, weights: torch.Tensor | None = None) -> torch.Tensor | None:
+        """The members' scores (each 1 at its own threshold), weighted mean over the members
+        that have one; None when none has. An image is foreign when this exceeds 1."""
+        scored = [(i, s) for i, s in enumerate(self.ood or []) if s is not None]
+        if not scored:
+            return None
+        w = torch.tensor([1.0 if weights is None else float(weights[i]) for i, _ in scored])
+        return (w.view(-1, 1) * torch.stack([s for _, s in scored])).sum(0) / w.sum().clamp_min(1e-12)
 
     def member_probs(self, tta: TTA | None) -> torch.Tensor:
         """M x N x K probabilities: each member's TTA merge, or its identity view (``None``)."""
@@ -84,6 +105,9 @@ class Predictor:
     tta: TTA = NO_TTA
     weights: torch.Tensor | None = None
     temperature: float = 1.0
+    calibration_set: dict | None = None
+    """Calibrated validation probabilities and true classes for this TTA, from which
+    conformal prediction sets are fitted; None when the checkpoint stores none for it."""
 
     def __post_init__(self) -> None:
         names = [m.class_names for m in self.members]
@@ -112,7 +136,12 @@ class Predictor:
         for p in passes[1:]:
             if not torch.equal(p["index"], passes[0]["index"]):
                 raise RuntimeError("the loader changed its order between members; it must not shuffle")
-        return Scores(torch.stack([p["logits"] for p in passes]), passes[0]["targets"], passes[0]["index"])
+        return Scores(
+            torch.stack([p["logits"] for p in passes]),
+            passes[0]["targets"],
+            passes[0]["index"],
+            [p["ood"] for p in passes],
+        )
 
     def predict(self, loader: DataLoader) -> dict[str, torch.Tensor]:
         """Calibrated probabilities of the configured predictor, plus the identity-view ones."""
@@ -120,6 +149,7 @@ class Predictor:
         return {
             "probs": scores.probs(self.tta, self.weights, self.temperature),
             "plain_probs": scores.probs(None, self.weights, self.temperature if self.tta == NO_TTA else 1.0),
+            "ood": scores.ood_score(self.weights),
             "targets": scores.targets,
             "index": scores.index,
         }

@@ -8,6 +8,8 @@ from __future__ import annotations
 import inspect
 import math
 
+import torch
+
 from bloodcells.core.errors import CheckpointError, UserError
 from bloodcells.inference.tta import NO_TTA, TTA
 
@@ -81,3 +83,68 @@ def check_data_record(record: object, where: str) -> dict:
         if key not in allowed or not isinstance(value, (str, int, float, bool, type(None))):
             raise CheckpointError(f"{where}: refused, split definition clean_options.{key}={value!r}")
     return record
+
+
+OOD_ARRAYS = {"mahalanobis": {"projection", "centres"}, "knn": {"bank"}, "msp": set()}
+PIXEL_ARRAYS = {"pixel_centre", "pixel_projection", "scales"}
+N_STATISTICS = 10
+
+
+def check_ood(state: object, where: str, n_features: int, n_classes: int) -> dict | None:
+    """A stored foreign-image score: a known method, a positive threshold and finite arrays of
+    the shapes that method uses with this backbone (D features, K classes)."""
+    if state is None:
+        return None
+    if not isinstance(state, dict) or set(state) != {"method", "threshold", "k", "pixels", "arrays"}:
+        raise CheckpointError(f"{where}: refused, the foreign-image score {state!r:.80} is not what bloodcells writes")
+    method, arrays = state["method"], state["arrays"]
+    if not isinstance(state["pixels"], bool):
+        raise CheckpointError(f"{where}: refused, foreign-image pixels={state['pixels']!r} (expected true or false)")
+    expected_arrays = OOD_ARRAYS.get(method, set()) | (PIXEL_ARRAYS if state["pixels"] else set())
+    if method not in OOD_ARRAYS or not isinstance(arrays, dict) or set(arrays) != expected_arrays:
+        raise CheckpointError(f"{where}: refused, foreign-image score method {method!r} with arrays {list(arrays)}")
+    if not is_number(state["threshold"]) or state["threshold"] <= 0:
+        raise CheckpointError(f"{where}: refused, foreign-image threshold {state['threshold']!r} (expected > 0)")
+    if not isinstance(state["k"], int) or state["k"] < 1:
+        raise CheckpointError(f"{where}: refused, foreign-image k={state['k']!r} (expected an integer >= 1)")
+    shapes = {
+        "centres": (n_classes, n_features),
+        "projection": (n_features, n_features),
+        "bank": (None, n_features),
+        "pixel_centre": (1, N_STATISTICS),
+        "pixel_projection": (N_STATISTICS, N_STATISTICS),
+        "scales": (1, 2),
+    }
+    for name, value in arrays.items():
+        expected = shapes[name]
+        ok = isinstance(value, torch.Tensor) and value.dim() == 2 and value.is_floating_point()
+        ok = (
+            ok and all(e is None or e == s for e, s in zip(expected, value.shape)) and bool(torch.isfinite(value).all())
+        )
+        if not ok:
+            raise CheckpointError(
+                f"{where}: refused, foreign-image array {name!r} is not a finite {expected} float tensor"
+            )
+    return state
+
+
+def check_conformal(stored: object, where: str, n_classes: int) -> dict:
+    """Stored conformal calibration, per TTA key: validation probabilities (N x K, rows summing
+    to 1) and their true classes (N integers below K)."""
+    if stored in (None, {}):
+        return {}
+    if not isinstance(stored, dict):
+        raise CheckpointError(f"{where}: refused, conformal calibration {stored!r:.80} is not what bloodcells writes")
+    for key, entry in stored.items():
+        if not isinstance(entry, dict) or set(entry) != {"probs", "targets"}:
+            raise CheckpointError(f"{where}: refused, conformal calibration {key!r} is not {{probs, targets}}")
+        probs, targets = (torch.as_tensor(entry[k]) for k in ("probs", "targets"))
+        ok = probs.dim() == 2 and probs.shape[1] == n_classes and targets.shape == probs.shape[:1]
+        ok = ok and probs.is_floating_point() and bool(torch.isfinite(probs).all()) and not targets.is_floating_point()
+        ok = ok and bool(((probs >= 0) & (probs <= 1)).all()) and bool(((targets >= 0) & (targets < n_classes)).all())
+        if not ok:
+            raise CheckpointError(
+                f"{where}: refused, conformal calibration {key!r}: expected N x {n_classes} probabilities "
+                f"and N class indices below {n_classes}"
+            )
+    return stored

@@ -25,6 +25,7 @@ from bloodcells.models.heads import MLPHead
 from bloodcells.models.hparams import check_hparams
 from bloodcells.models.losses import build_loss, class_weights
 from bloodcells.models.metrics import validation_metrics
+from bloodcells.models.ood import OODScorer
 from bloodcells.models.optimizers import make_optimizer
 from bloodcells.models.schedulers import StagedLR
 from bloodcells.models.stain_norm import ReinhardNorm, lab_statistics
@@ -86,6 +87,8 @@ class CellClassifier(pl.LightningModule):
         """Temperatures fitted after training, per TTA key (see ``checkpoints.write_calibration``)."""
         self.data_record: dict = {}
         """The training data's source and split definition, as a checkpoint records them."""
+        self.ood: OODScorer | None = None
+        """The foreign-image score fitted after training (``checkpoint["ood"]``), if any."""
         self.class_names = list(class_names)
         self.backbone = create_backbone(backbone, pretrained, weights, drop_rate, drop_path_rate)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -104,11 +107,15 @@ class CellClassifier(pl.LightningModule):
         self.val_metrics = validation_metrics(len(class_names))
 
     # --- model -------------------------------------------------------------------------
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits for uint8 (or 0-255 float) images, N x 3 x H x W."""
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Pooled backbone features (N x D) of uint8 (or 0-255 float) images, N x 3 x H x W."""
         x = images.float() if self.stain is None else self.stain(images.float())
         x = ((x - self.mean) / self.std).contiguous(memory_format=self.memory_format)
-        return self.head(self.backbone(x))
+        return self.backbone(x)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits for uint8 (or 0-255 float) images, N x 3 x H x W."""
+        return self.head(self.features(images))
 
     def frozen_blocks(self, epoch: int) -> list[bool]:
         return [m == 0 for m in self.schedule.block_multipliers(epoch)]

@@ -26,6 +26,7 @@ SECTIONS = (
     ("metrics", "Metrics"),
     ("confusion", "Confusion matrix"),
     ("reliability", "Reliability diagram"),
+    ("uncertainty", "Prediction sets and foreign images"),
     ("comparison", "TTA / ensemble comparison"),
     ("gradcam", "Grad-CAM"),
     ("misclassified", "Misclassified images"),
@@ -98,6 +99,7 @@ def write_report(
     comparison: list[dict] | None = None,
     figures: dict[str, str] | None = None,
     curves_note: str | None = None,
+    uncertainty: dict | None = None,
 ) -> Path:
     """Write ``run_dir/report.html``; ``curves_note`` replaces the learning curves (say why)."""
     figures = dict(figures or {})
@@ -112,6 +114,7 @@ def write_report(
         "metrics": table([{k: v for k, v in metrics.items() if not isinstance(v, (dict, list))}]) + table(per_class),
         "confusion": image_tag(run_dir / "confusion_matrix.png", "confusion matrix"),
         "reliability": image_tag(run_dir / "reliability.png", "reliability diagram"),
+        "uncertainty": uncertainty_html(run_dir, uncertainty or {}),
         "comparison": table(comparison or []) or note("TTA/ensemble comparison not run (callbacks.tta_ensemble=null)"),
         "gradcam": image_tag(figures.get("gradcam_grid"), "Grad-CAM grid") or note("no Grad-CAM figure"),
         "misclassified": image_tag(figures.get("misclassified"), "misclassified gallery")
@@ -129,6 +132,49 @@ def write_report(
     path = run_dir / "report.html"
     path.write_text(page)
     return path
+
+
+def uncertainty_html(run_dir: Path, uncertainty: dict) -> str:
+    """Conformal coverage (overall and per class), the risk-coverage curve, foreign-image rates."""
+    parts = []
+    conformal = uncertainty.get("conformal")
+    if conformal:
+        head = {k: v for k, v in conformal.items() if not isinstance(v, (dict, list))}
+        per_class = [{"class": c, "coverage": v} for c, v in conformal["coverage_per_class"].items()]
+        parts.append(
+            "<h3>Conformal prediction sets</h3>"
+            + note(
+                f"Fitted on the validation split ({conformal['n_calibration']} images), never on these images: "
+                f"each set should hold the true class for at least {1 - conformal['alpha']:.0%} of images"
+                + (" of every class." if conformal["class_conditional"] else ".")
+            )
+            + table([head])
+            + table(per_class)
+        )
+        if conformal["marginal_only_classes"]:
+            parts.append(
+                note(
+                    f"too few validation images for a threshold of their own: {conformal['marginal_only_classes']} "
+                    "use the overall threshold (overall guarantee only)"
+                )
+            )
+    else:
+        parts.append(note("no conformal calibration stored for this TTA (train with callbacks.tta_ensemble on)"))
+    parts.append(image_tag(run_dir / "risk_coverage.png", "risk-coverage curve"))
+    foreign = uncertainty.get("foreign")
+    if foreign:
+        parts.append(
+            "<h3>Foreign images</h3>"
+            + note(
+                "Built-in suite made from the scored cells (defaced cells, photo crops, noise, blank frames, extreme "
+                "colour and blur): AUROC against the cells and the share wrongly accepted at the threshold that "
+                "accepts 95% of validation cells."
+            )
+            + table(foreign)
+        )
+    else:
+        parts.append(note("no foreign-image score in this model"))
+    return "".join(parts)
 
 
 def data_html(summary: dict | None) -> str:
@@ -182,4 +228,5 @@ def report_run(
         comparison,
         figures,
         curves_note,
+        result.uncertainty,
     )

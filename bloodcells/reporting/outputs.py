@@ -13,16 +13,38 @@ from bloodcells.inference.evaluation import Evaluation
 
 
 def write_predictions(
-    path: Path, sources: list[str], probs: np.ndarray, class_names: list[str], targets: np.ndarray | None = None
+    path: Path,
+    sources: list[str],
+    probs: np.ndarray,
+    class_names: list[str],
+    targets: np.ndarray | None = None,
+    sets: np.ndarray | None = None,
+    ood: np.ndarray | None = None,
 ) -> None:
-    """One row per image: source, [true class,] predicted class, one probability per class."""
+    """One row per image: source, [true class,] predicted class, one probability per class;
+    with conformal sets, ``prediction_set`` (class names joined by ``|``); with a foreign-image
+    score, ``ood_score`` (> 1: foreign) and ``in_distribution``; with either, ``abstain`` (a
+    set that is not one class, or a foreign image)."""
+    header = ["source"] + (["true"] if targets is not None else []) + ["pred"] + [f"p_{c}" for c in class_names]
+    header += ["prediction_set"] if sets is not None else []
+    header += ["ood_score", "in_distribution"] if ood is not None else []
+    header += ["abstain"] if sets is not None or ood is not None else []
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        header = ["source"] + (["true"] if targets is not None else []) + ["pred"] + [f"p_{c}" for c in class_names]
         w.writerow(header)
         for i, (src, p) in enumerate(zip(sources, probs)):
             row = [src] + ([class_names[int(targets[i])]] if targets is not None else [])
-            w.writerow(row + [class_names[int(p.argmax())]] + [f"{x:.6f}" for x in p])
+            row += [class_names[int(p.argmax())]] + [f"{x:.6f}" for x in p]
+            abstain = False
+            if sets is not None:
+                row.append("|".join(c for c, inside in zip(class_names, sets[i]) if inside))
+                abstain = int(sets[i].sum()) != 1
+            if ood is not None:
+                row += [f"{ood[i]:.4f}", str(bool(ood[i] <= 1))]
+                abstain = abstain or not ood[i] <= 1
+            if sets is not None or ood is not None:
+                row.append(str(abstain))
+            w.writerow(row)
 
 
 def plot_confusion_matrix(path: Path, confusion: np.ndarray, class_names: list[str], title: str) -> None:
@@ -59,16 +81,39 @@ def write_evaluation(
     """Write every artefact of one evaluation; returns the scalar metrics."""
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics = {**result.metrics, "kind": result.kind}
-    body = {"metrics": metrics, "per_class": result.per_class, "confusion_matrix": result.confusion_matrix}
+    body = {
+        "metrics": metrics,
+        "per_class": result.per_class,
+        "confusion_matrix": result.confusion_matrix,
+        **result.uncertainty,
+    }
     (out_dir / "metrics.json").write_text(json.dumps(body, indent=2))
     with open(out_dir / "per_class.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(result.per_class[0]))
         w.writeheader()
         w.writerows(result.per_class)
     probs = np.asarray(result.probs)
-    write_predictions(out_dir / "predictions.csv", sources, probs, class_names, np.asarray(result.targets))
+    sets = None if result.sets is None else result.sets.numpy()
+    ood = None if result.ood is None else result.ood.numpy()
+    write_predictions(out_dir / "predictions.csv", sources, probs, class_names, np.asarray(result.targets), sets, ood)
+    if "risk_coverage" in result.uncertainty:
+        plot_risk_coverage(out_dir / "risk_coverage.png", result.uncertainty["risk_coverage"], title)
     plot_confusion_matrix(out_dir / "confusion_matrix.png", np.asarray(result.confusion_matrix), class_names, title)
     return metrics
+
+
+def plot_risk_coverage(path: Path, curve: list[dict], title: str) -> None:
+    """Accuracy of the accepted images against the share accepted (most confident first)."""
+    fig = Figure(figsize=(5.5, 4))
+    ax = fig.subplots()
+    ax.plot([r["accepted"] for r in curve], [r["accuracy"] for r in curve], marker="o", ms=2)
+    ax.set_xlabel("share of images accepted (most confident first)")
+    ax.set_ylabel("accuracy of the accepted images")
+    ax.set_xlim(0, 1)
+    ax.set_title(f"risk-coverage, {title}")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
 
 
 def format_summary(metrics: dict, per_class: list[dict]) -> str:

@@ -20,9 +20,11 @@ from omegaconf import DictConfig
 from bloodcells.core.errors import ConfigError, check_positive
 from bloodcells.core.hydra import instantiate
 from bloodcells.inference.checkpoints import load_classifier
+from bloodcells.inference.conformal import configured_sets
 from bloodcells.inference.ensemble_file import write_ensemble_file
 from bloodcells.inference.ensembling import FITTED_ON, evaluate_variant, fit_weights
 from bloodcells.inference.evaluation import Evaluation
+from bloodcells.inference.ood import foreign_report
 from bloodcells.inference.predictor import Predictor, resolve_device
 from bloodcells.inference.stored import is_number
 from bloodcells.reporting.html import report_run
@@ -108,6 +110,12 @@ def ensemble(cfg: DictConfig) -> dict:
         temperature=result.temperature,
         members=len(paths),
     )
+    calibration_set = {"probs": result.val_probs, "targets": val.targets}
+    results.add_uncertainty(configured_sets(calibration_set, cfg.conformal), test.ood_score(weights), names)
+    if results.ood is not None:
+        images = datamodule.eval_images(test.index.numpy())
+        scorer = Predictor(predictor.members, tta, weights)
+        results.uncertainty["foreign"] = foreign_report(scorer, images, results.ood, datamodule.eval_batch_size)
     metrics = write_evaluation(run_dir, results, datamodule.sources(test.index.numpy()), names, title="ensemble, test")
     note = f"Test split, n={metrics['n']}. Weights and temperatures fitted on the {FITTED_ON}; nothing fitted on test."
     write_comparison(run_dir, rows, note)
@@ -125,6 +133,7 @@ def ensemble(cfg: DictConfig) -> dict:
         tta,
         result.temperature,
         {"fitted_on": FITTED_ON, "weight_fit": weight_report, "data": cfg.data.get("_target_")},
+        calibration_set,
     )
     report = report_run(
         run_dir,

@@ -13,7 +13,6 @@ import logging
 from pathlib import Path
 
 import lightning.pytorch as pl
-import numpy as np
 import torch
 from omegaconf import DictConfig
 
@@ -22,9 +21,11 @@ from bloodcells.core.hydra import instantiate
 from bloodcells.data.datamodule import BloodCellDataModule, array_loader, data_source, same_source, split_digest
 from bloodcells.data.shifts import SHIFTS, shifted
 from bloodcells.inference.adapt import ADAPT_BATCH, adapted_predictor
+from bloodcells.inference.conformal import configured_sets
 from bloodcells.inference.ensemble_file import load_predictor
 from bloodcells.inference.evaluation import Evaluation
 from bloodcells.inference.metrics import compute_metrics
+from bloodcells.inference.ood import foreign_report
 from bloodcells.inference.predictor import Predictor, resolve_device, tta_changes
 from bloodcells.inference.tta import TTA
 from bloodcells.reporting.html import report_run
@@ -122,6 +123,20 @@ def evaluate(cfg: DictConfig) -> dict:
         members=len(predictor.members),
         adapt=adapt,
     )
+    results.add_uncertainty(
+        configured_sets(predictor.calibration_set, cfg.conformal), out["ood"], predictor.class_names
+    )
+    if cfg.split in ("val", "all") and results.sets is not None:
+        log.warning(
+            "split=%s: the prediction sets were fitted on the validation split, so coverage here is "
+            "not an honest estimate",
+            cfg.split,
+        )
+    if out["ood"] is not None:
+        images = datamodule.eval_images(results.index.numpy())
+        results.uncertainty["foreign"] = foreign_report(
+            predictor, images, out["ood"], datamodule.eval_batch_size, cfg.seed
+        )
     run_dir = Path(cfg.paths.output_dir)
     sources = datamodule.sources(results.index.numpy())
     metrics = write_evaluation(run_dir, results, sources, predictor.class_names, title=f"{cfg.split} split")
@@ -163,7 +178,7 @@ def shift_suite(
 ) -> list[dict]:
     """The scored images under every shift of ``data.shifts.SHIFTS`` (at the model's input
     size); with ``adapt=bn`` each shifted set is its own site and gets its own statistics."""
-    images = np.stack([datamodule.eval_pipeline(image=a)["image"] for a in datamodule.data.images[index]])
+    images = datamodule.eval_images(index)
     targets = torch.as_tensor(datamodule.data.labels[index])
     rows = []
     for name in ("none", *SHIFTS):

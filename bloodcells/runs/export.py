@@ -23,6 +23,7 @@ from bloodcells.data.readers import read_unlabelled
 from bloodcells.inference.adapt import ADAPT_BATCH, adapted_predictor
 from bloodcells.inference.deploy import DeployedPredictor
 from bloodcells.inference.ensemble_file import load_predictor
+from bloodcells.reporting.model_card import model_facts, run_metrics, write_model_card
 from bloodcells.runs.evaluate import configured_tta
 
 FORMATS = ("onnx", "pt2", "submission")
@@ -50,8 +51,9 @@ def export_onnx(module: DeployedPredictor, path: Path) -> Path:
     except ImportError:
         raise ConfigError("format=onnx needs the export extra: pip install -e '.[export]'") from None
     x = example_input(module.image_size)
+    outputs = ["probs", "ood_score"] if module.has_ood else ["probs"]
     program = torch.onnx.export(
-        module, (x,), dynamo=True, input_names=["images"], output_names=["probs"], dynamic_shapes=dynamic_dims()
+        module, (x,), dynamo=True, input_names=["images"], output_names=outputs, dynamic_shapes=dynamic_dims()
     )
     program.save(str(path))
     return path
@@ -67,7 +69,14 @@ def export_submission(module: DeployedPredictor, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     export_onnx(module, folder / "model.onnx")
     shutil.copy(SUBMISSION_MODEL, folder / "model.py")
-    meta = {"class_names": module.class_names, "image_size": module.image_size, "input": "uint8 N x H x W x 3"}
+    meta = {
+        "class_names": module.class_names,
+        "image_size": module.image_size,
+        "input": "uint8 N x H x W x 3",
+        "ood_score": "output ood_score: > 1 means foreign (not a cell like the training cells)"
+        if module.has_ood
+        else None,
+    }
     (folder / "classes.json").write_text(json.dumps(meta, indent=2))
     return folder
 
@@ -88,6 +97,11 @@ def export(cfg: DictConfig) -> Path:
             path = export_pt2(module, out / "model.pt2")
         else:
             path = export_submission(module, out / "submission")
+    evaluation, where = run_metrics(cfg.ckpt_path)
+    facts = model_facts(predictor.members[0], len(predictor.members), predictor.tta.key, predictor.temperature)
+    record = predictor.members[0].data_record
+    data = {"source": json.dumps(record.get("source", {}))} if record else None
+    write_model_card(path if path.is_dir() else path.parent, facts, evaluation, data, where)
     adapted = f", BatchNorm adapted to {cfg.adapt_to}" if cfg.get("adapt_to") else ""
     print(f"Exported {cfg.ckpt_path} (TTA {predictor.tta.key}, {len(predictor.members)} member(s){adapted}) -> {path}")
     return path

@@ -10,6 +10,7 @@ image file. The CSV has the source
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +20,13 @@ from bloodcells.core.errors import ConfigError, check_positive
 from bloodcells.data.datamodule import array_loader
 from bloodcells.data.readers import read_unlabelled
 from bloodcells.inference.adapt import ADAPT_BATCH, adapted_predictor
+from bloodcells.inference.conformal import configured_sets
 from bloodcells.inference.ensemble_file import load_predictor
 from bloodcells.inference.predictor import resolve_device
 from bloodcells.reporting.outputs import write_predictions
 from bloodcells.runs.evaluate import configured_tta
+
+log = logging.getLogger(__name__)
 
 
 def predict(cfg: DictConfig) -> Path:
@@ -33,10 +37,25 @@ def predict(cfg: DictConfig) -> Path:
     predictor = load_predictor(cfg.ckpt_path, configured_tta(cfg), resolve_device(cfg.get("device", "auto")))
     images, sources = read_unlabelled(cfg.input, image_size=predictor.image_size)
     predictor = adapted_predictor(predictor, cfg.get("adapt", "none"), array_loader(images, ADAPT_BATCH))
-    probs = predictor.predict(array_loader(images, cfg.batch_size))["probs"].numpy()
+    scored = predictor.predict(array_loader(images, cfg.batch_size))
+    probs = scored["probs"]
+    conformal = configured_sets(predictor.calibration_set, cfg.conformal)
+    if conformal is None:
+        log.warning(
+            "%s stores no conformal calibration for TTA %s: no prediction_set column", cfg.ckpt_path, predictor.tta.key
+        )
+    sets = None if conformal is None else conformal.sets(probs).numpy()
+    ood = None if scored["ood"] is None else scored["ood"].numpy()
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_predictions(out, sources, probs, predictor.class_names)
-    counts = np.bincount(probs.argmax(1), minlength=len(predictor.class_names))
+    write_predictions(out, sources, probs.numpy(), predictor.class_names, sets=sets, ood=ood)
+    counts = np.bincount(probs.numpy().argmax(1), minlength=len(predictor.class_names))
     print(f"{len(images)} images -> {out}  (TTA {predictor.tta.key}, T={predictor.temperature:.3f})")
     print("predicted: " + "  ".join(f"{c} {n}" for c, n in zip(predictor.class_names, counts)))
+    if sets is not None:
+        print(
+            f"prediction sets (alpha={conformal.alpha}, {conformal.score}): mean size {sets.sum(1).mean():.2f}, "
+            f"{(sets.sum(1) == 1).mean():.1%} single-class"
+        )
+    if ood is not None:
+        print(f"foreign (ood_score > 1, not a cell like the training cells): {int((ood > 1).sum())} of {len(ood)}")
     return out

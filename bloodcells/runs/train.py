@@ -22,10 +22,13 @@ from bloodcells.core.compat import died_of_sigterm, quiet_worker_sigterm
 from bloodcells.core.errors import Stopped
 from bloodcells.core.files import owned_run_dir
 from bloodcells.inference.checkpoints import load_classifier
+from bloodcells.inference.conformal import configured_sets
 from bloodcells.inference.ensembling import FITTED_ON
 from bloodcells.inference.evaluation import Evaluation
+from bloodcells.inference.ood import foreign_report
 from bloodcells.inference.predictor import Predictor
 from bloodcells.reporting.html import report_run
+from bloodcells.reporting.model_card import model_facts, write_model_card
 from bloodcells.reporting.outputs import (
     format_comparison,
     format_summary,
@@ -40,10 +43,11 @@ log = logging.getLogger(__name__)
 
 
 def test_results(
-    trainer: pl.Trainer, model: pl.LightningModule, datamodule
+    trainer: pl.Trainer, model: pl.LightningModule, datamodule, conformal: DictConfig
 ) -> tuple[Evaluation, list[dict], str, object]:
-    """Test-split results of what the run deploys, the comparison rows, what was scored (in
-    words) and the best model (for Grad-CAM)."""
+    """Test-split results of what the run deploys (with its prediction sets and foreign-image
+    rates when the TTA callback fitted them), the comparison rows, what was scored (in words)
+    and the best model (for Grad-CAM)."""
     callback = next((c for c in trainer.callbacks if isinstance(c, TTAEnsembleCallback)), None)
     if callback is not None and callback.variants:
         deployed, scores = callback.deployed(), callback.test
@@ -61,6 +65,13 @@ def test_results(
         )
         what = f"{callback.checkpoints[0] if callback.checkpoints else 'the last weights'} with TTA {callback.tta.key}"
         best = callback.best_model or model
+        sets = configured_sets({"probs": deployed.val_probs, "targets": callback.val.targets}, conformal)
+        ood = scores.subset([0]).ood_score()
+        results.add_uncertainty(sets, ood, model.class_names)
+        if ood is not None:
+            images = datamodule.eval_images(scores.index.numpy())
+            results.uncertainty["foreign"] = foreign_report(Predictor([best]), images, ood, datamodule.eval_batch_size)
+            results.uncertainty["foreign_methods"] = callback.ood_comparison
         return results, [v.row for v in callback.variants], what, best
     ranked = ranked_checkpoints(trainer)
     device = trainer.strategy.root_device
@@ -119,7 +130,7 @@ def fit_and_test(cfg: DictConfig) -> dict:
         return {"fit_seconds": fit_seconds, "best_val_score": float(score) if score is not None else None}
     if not trainer.is_global_zero:
         return {}
-    results, comparison, what, scored = test_results(trainer, model, datamodule)
+    results, comparison, what, scored = test_results(trainer, model, datamodule, cfg.conformal)
     sources = datamodule.sources(results.index.numpy())
     metrics = write_evaluation(run_dir, results, sources, model.class_names)
     if comparison:
@@ -141,6 +152,13 @@ def fit_and_test(cfg: DictConfig) -> dict:
         run_dir=str(run_dir),
     )
     (run_dir / "summary.json").write_text(json.dumps(metrics, indent=2))
+    write_model_card(
+        run_dir,
+        model_facts(scored, 1, results.metrics.get("tta", "none"), results.metrics.get("temperature", 1.0)),
+        json.loads((run_dir / "metrics.json").read_text()),
+        datamodule.summary(),
+        "this run's test split (metrics.json)",
+    )
     report = report_run(
         run_dir, f"bloodcells train: {cfg.model.backbone}", cfg, results, datamodule, scored, comparison
     )
