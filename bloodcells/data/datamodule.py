@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from bloodcells.cleaning.pipeline import clean_dataset
 from bloodcells.core.errors import ConfigError, DataError, check_choice, check_positive
 from bloodcells.core.files import replace_atomically
+from bloodcells.data.exclusions import apply_exclusions
 from bloodcells.data.images import ImageSet
 from bloodcells.data.sampling import EpochSampler
 from bloodcells.data.split import stratified_split
@@ -199,6 +200,7 @@ class BloodCellDataModule(pl.LightningDataModule):
         clean: bool = False,
         clean_options: dict | None = None,
         cache_dir: str | None = None,
+        exclude: str | None = None,
     ) -> None:
         super().__init__()
         check_choice("data.sampler", sampler, ("none", "weighted"))
@@ -219,6 +221,8 @@ class BloodCellDataModule(pl.LightningDataModule):
         self.num_workers, self.pin_memory = num_workers, pin_memory
         self.sampler, self.seed = sampler, seed
         self.clean, self.clean_options, self.cache_dir = clean, dict(clean_options or {}), cache_dir
+        self.exclude = exclude
+        """An audit.csv whose decisions (drop, relabel) apply before cleaning and splitting."""
         self.kept: np.ndarray | None = None
         self.groups: np.ndarray | None = None
         self.cleaning_counts: dict = {}
@@ -243,6 +247,8 @@ class BloodCellDataModule(pl.LightningDataModule):
             "clean": self.clean,
             "clean_options": self.clean_options,
         }
+        if self.exclude:
+            definition["exclude"] = str(self.exclude)
         if self.data is not None:
             if self.digests is None:  # once per run: every checkpoint save records them
                 self.digests = {s: split_digest(self.data, self.splits[s]) for s in ("train", "val", "test")}
@@ -256,6 +262,7 @@ class BloodCellDataModule(pl.LightningDataModule):
         self.split_seed, self.use_data_split = definition["split_seed"], definition["use_data_split"]
         self.val_fraction, self.test_fraction = definition["val_fraction"], definition["test_fraction"]
         self.clean, self.clean_options = definition["clean"], dict(definition["clean_options"])
+        self.exclude = definition.get("exclude")
 
     def state_dict(self) -> dict:
         """Saved in every checkpoint: a resume checks it trains on the same data, and
@@ -269,10 +276,16 @@ class BloodCellDataModule(pl.LightningDataModule):
         if self.data is not None:
             return
         data = self.reader(class_names=self.class_names)
+        dropped = np.zeros(0, dtype=np.int64)
+        if self.exclude:
+            data, dropped = apply_exclusions(data, self.exclude)
         if self.clean:
             data, self.kept, self.groups, self.cleaning_counts = apply_cleaning(
                 data, self.clean_options, self.cache_dir
             )
+        if len(dropped):
+            kept = np.arange(len(data)) if self.kept is None else self.kept
+            self.kept = np.setdiff1d(kept, dropped)
         if data.images.shape[1:3] != (self.image_size, self.image_size):
             log.warning(
                 "%s: images are %dx%d; the pipeline resizes them to data.image_size=%d",

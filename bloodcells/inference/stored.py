@@ -54,6 +54,7 @@ SPLIT_TYPES = {
     "use_data_split": lambda v: isinstance(v, bool),
     "clean": lambda v: isinstance(v, bool),
     "clean_options": lambda v: isinstance(v, dict),
+    "exclude": lambda v: isinstance(v, str),
     "digests": lambda v: isinstance(v, dict) and all(isinstance(k, str) and isinstance(d, str) for k, d in v.items()),
 }
 
@@ -73,7 +74,11 @@ def check_data_record(record: object, where: str) -> dict:
     split = record.get("split")
     if split is None:
         return record
-    if not isinstance(split, dict) or set(split) - set(SPLIT_TYPES) or not set(SPLIT_TYPES) - {"digests"} <= set(split):
+    if (
+        not isinstance(split, dict)
+        or set(split) - set(SPLIT_TYPES)
+        or not set(SPLIT_TYPES) - {"digests", "exclude"} <= set(split)
+    ):
         raise CheckpointError(f"{where}: refused, split definition {split!r} is not what bloodcells writes")
     for key, check in SPLIT_TYPES.items():
         if key in split and not check(split[key]):
