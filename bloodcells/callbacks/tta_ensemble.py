@@ -94,9 +94,10 @@ class TTAEnsembleCallback(pl.Callback):
         val_index = val_index[np.linspace(0, len(val_index) - 1, min(len(val_index), SUITE_SIZE)).astype(int)]
         val_images = datamodule.eval_images(val_index)
         train = datamodule.loader(datamodule.dataset("train"), datamodule.eval_batch_size)
-        model.ood, self.ood_comparison = fit_ood(
+        fitted = fit_ood(
             model, train, datamodule.val_dataloader(), val_images, datamodule.eval_batch_size, datamodule.seed
         )
+        model.ood, self.ood_comparison = fitted.best, fitted.comparison
 
     def store(self, run_dir: Path) -> None:
         by_kind = {v.kind: v for v in self.variants}

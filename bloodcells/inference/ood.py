@@ -170,6 +170,15 @@ def stratified_rows(labels: torch.Tensor, limit: int, seed: int) -> torch.Tensor
     return torch.cat(keep).sort().values
 
 
+@dataclass
+class OODFit:
+    best: OODScorer
+    comparison: list[dict]
+    """Per candidate: its mean validation AUROC over the foreign kinds, and each kind's."""
+    candidates: dict[str, OODScorer]
+    """Every candidate, fitted and thresholded (for benchmarks)."""
+
+
 def fit_ood(
     model: CellClassifier,
     train: DataLoader,
@@ -177,9 +186,9 @@ def fit_ood(
     val_images: np.ndarray,
     batch_size: int,
     seed: int = 0,
-) -> tuple[OODScorer, list[dict]]:
+) -> OODFit:
     """Fit every candidate, compare them on validation vs the suite made from ``val_images``
-    (uint8 N x H x W x 3), and return the best scorer and the comparison rows."""
+    (uint8 N x H x W x 3); the best is kept."""
     fit = look(model, train)
     fit = fit.subset(stratified_rows(fit.labels, MAX_FIT, seed))
     cells = look(model, val)
@@ -206,13 +215,16 @@ def fit_ood(
     means = [compare(method, pixels) for method, pixels in candidates]
     compare(METHODS[int(np.argmax(means))], True)  # the best deep score, with the image statistics
     best = int(np.argmax([row["mean_auroc"] for row in comparison]))
-    chosen = scorers[best]
     log.info(
         "foreign-image score: %s (mean validation AUROC %.4f)",
         comparison[best]["method"],
         comparison[best]["mean_auroc"],
     )
-    return OODScorer(chosen.method, chosen.threshold, dict(chosen.named_buffers()), chosen.k, chosen.pixels), comparison
+    candidates = {
+        row["method"]: OODScorer(s.method, s.threshold, dict(s.named_buffers()), s.k, s.pixels)
+        for row, s in zip(comparison, scorers)
+    }
+    return OODFit(candidates[comparison[best]["method"]], comparison, candidates)
 
 
 FOREIGN_LIMIT = 512

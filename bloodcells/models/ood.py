@@ -55,7 +55,8 @@ class OODScorer(nn.Module):
             sims = nn.functional.normalize(f, dim=1) @ self.bank.T
             return 1 - sims.topk(min(self.k, self.bank.shape[0]), dim=1).values[:, -1]
         # (f - m)^T P (f - m) = |W^T f - W^T m|^2 with P = W W^T: one D x D product per image
-        return torch.cdist(f @ self.projection, self.centres).pow(2).min(dim=1).values
+        whitened = f @ self.projection
+        return (whitened.unsqueeze(1) - self.centres.unsqueeze(0)).pow(2).sum(dim=2).min(dim=1).values
 
     def image_distance(self, images: torch.Tensor) -> torch.Tensor:
         """Mahalanobis distance of the image statistics from the training cells' (N)."""

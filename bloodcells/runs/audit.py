@@ -97,6 +97,29 @@ def audit(cfg: DictConfig) -> dict:
     return {"n": len(labels), "issues": n_issues, "oof_accuracy": accuracy, "csv": str(run_dir / "audit.csv")}
 
 
+def fold_cams(
+    model: CellClassifier, heads: list, fold: np.ndarray, images: np.ndarray, rows: list[int], classes: np.ndarray
+) -> np.ndarray:
+    """Grad-CAM of ``classes`` for the images at ``rows``, each through the backbone with the
+    classifier of the fold that scored it (the one that never saw its label)."""
+    cams = np.zeros((len(rows), *images.shape[1:3]), dtype=np.float32)
+    layer = default_layer(model.backbone)
+    original = model.head
+    try:
+        for k, head in enumerate(heads):
+            mine = [j for j, i in enumerate(rows) if fold[i] == k]
+            if not mine:
+                continue
+            linear = nn.Linear(head.weight.shape[1], head.weight.shape[0]).to(model.device)
+            linear.weight.data.copy_(head.weight)
+            linear.bias.data.copy_(head.bias)
+            model.head = linear
+            cams[mine] = cams_for(model, images[[rows[j] for j in mine]], classes[mine], layer)
+    finally:
+        model.head = original
+    return cams
+
+
 def gallery_page(
     run_dir: Path,
     model: CellClassifier,
@@ -113,20 +136,8 @@ def gallery_page(
     suggested label) and the top of audit.csv."""
     figure = None
     if suspects:
-        cams = np.zeros((len(suspects), *images.shape[1:3]), dtype=np.float32)
-        layer = default_layer(model.backbone)
-        original = model.head
         suggested = np.array([names.index(rows[r]["suggested"]) for r in range(len(suspects))])
-        for k, head in enumerate(heads):
-            mine = [j for j, i in enumerate(suspects) if fold[i] == k]
-            if not mine:
-                continue
-            linear = nn.Linear(head.weight.shape[1], head.weight.shape[0]).to(model.device)
-            linear.weight.data.copy_(head.weight)
-            linear.bias.data.copy_(head.bias)
-            model.head = linear  # the fold's classifier on the backbone: its map for the suggested class
-            cams[mine] = cams_for(model, images[[suspects[j] for j in mine]], suggested[mine], layer)
-        model.head = original
+        cams = fold_cams(model, heads, fold, images, suspects, suggested)
         captions = [
             f"{r['given'][:7]}->{r['suggested'][:7]} {float(r['self_confidence']):.2f}" for r in rows[: len(suspects)]
         ]

@@ -34,16 +34,26 @@ def audit_csv(path: Path, rows: list[dict]) -> Path:
 
 def row(i: int, data: ImageSet, suggested: str, is_issue: bool, action: str = "") -> dict:
     given = CLASSES[data.labels[i]]
-    return {"index": i, "source": data.sources[i], "given": given, "suggested": suggested, "is_issue": is_issue,
-            "action": action}
+    return {
+        "index": i,
+        "source": data.sources[i],
+        "given": given,
+        "suggested": suggested,
+        "is_issue": is_issue,
+        "action": action,
+    }
 
 
 def test_actions_drop_and_relabel_exactly_the_rows_named(tmp_path):
     data = image_set()
     path = audit_csv(
         tmp_path / "a.csv",
-        [row(1, data, "c", True, "drop"), row(2, data, "a", True, "relabel"), row(4, data, "a", True, "keep"),
-         row(5, data, "a", False)],
+        [
+            row(1, data, "c", True, "drop"),
+            row(2, data, "a", True, "relabel"),
+            row(4, data, "a", True, "keep"),
+            row(5, data, "a", False),
+        ],
     )
     out, dropped = apply_exclusions(data, path)
     assert dropped.tolist() == [1]
@@ -82,8 +92,14 @@ def test_the_datamodule_leaves_dropped_images_out_of_every_split(tmp_path):
     plain.setup()
     victims = plain.splits["train"][:3]
     rows = [
-        {"index": int(i), "source": plain.data.sources[i], "given": plain.class_names[plain.data.labels[i]],
-         "suggested": plain.class_names[0], "is_issue": True, "action": "drop"}
+        {
+            "index": int(i),
+            "source": plain.data.sources[i],
+            "given": plain.class_names[plain.data.labels[i]],
+            "suggested": plain.class_names[0],
+            "is_issue": True,
+            "action": "drop",
+        }
         for i in victims
     ]
     cfg.data.exclude = str(audit_csv(tmp_path / "a.csv", rows))

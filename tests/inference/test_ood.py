@@ -61,7 +61,9 @@ def test_knn_score_is_one_minus_the_kth_cosine_similarity():
     scorer = OODScorer("knn", 1.0, knn_arrays(bank, seed=0), k=3)
     x = torch.randn(2, 4, generator=g)
     sims = torch.nn.functional.cosine_similarity(x[:, None], bank[None], dim=2)
-    assert torch.allclose(scorer.deep(x, torch.zeros(2, 8)), 1 - sims.sort(dim=1, descending=True).values[:, 2], atol=1e-5)
+    assert torch.allclose(
+        scorer.deep(x, torch.zeros(2, 8)), 1 - sims.sort(dim=1, descending=True).values[:, 2], atol=1e-5
+    )
 
 
 def test_image_statistics_tell_a_blank_frame_and_noise_from_a_cell():
@@ -92,9 +94,10 @@ def fitted(tmp_path_factory):
     torch.manual_seed(0)
     cells, labels = sample_cells(96)
     model = tiny_classifier()
-    scorer, comparison = fit_ood(
+    fitted = fit_ood(
         model, loader_of(cells[::2], labels[::2], 32), loader_of(cells[1::2], labels[1::2], 32), cells[1::2], 32
     )
+    scorer, comparison = fitted.best, fitted.comparison
     model.ood = scorer
     path = save_checkpoint(tiny_classifier(), tmp_path_factory.mktemp("ood") / "m.ckpt")
     state = torch.load(path, weights_only=True)

@@ -1,0 +1,114 @@
+"""predict and evaluate as a user runs them, on a checkpoint that carries conformal
+calibration and a foreign-image score: the new columns agree with the library, a blank
+frame is flagged, and the exported submission outputs the same score."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from bloodcells.inference.checkpoints import load_classifier, write_calibration
+from bloodcells.inference.conformal import ConformalSets
+from bloodcells.inference.ensemble_file import load_predictor
+from bloodcells.inference.ood import fitted_scorer, look, mahalanobis_arrays, pixel_arrays
+from bloodcells.inference.tta import NO_TTA
+from bloodcells.models.ood import OODScorer
+from tests.helpers import SAMPLE_DIR, loader_of, run_cli, save_checkpoint, tiny_classifier
+
+
+def sample_cells() -> tuple[np.ndarray, np.ndarray]:
+    files = sorted(SAMPLE_DIR.rglob("*.jpg"))[::5]
+    classes = sorted({f.parent.name for f in sorted(SAMPLE_DIR.rglob("*.jpg"))})
+    images = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
+    return images, np.array([classes.index(f.parent.name) for f in files])
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A tiny model with a Mahalanobis + image-statistics score and stored validation probabilities."""
+    torch.manual_seed(0)
+    cells, labels = sample_cells()
+    model = tiny_classifier()
+    path = save_checkpoint(model, tmp_path_factory.mktemp("unc") / "m.ckpt")
+    fit, val = (
+        look(model, loader_of(cells[::2], labels[::2], 32)),
+        look(model, loader_of(cells[1::2], labels[1::2], 32)),
+    )
+    arrays = {**mahalanobis_arrays(fit.feats, fit.labels, 8), **pixel_arrays(fit.stats)}
+    scorer = fitted_scorer("mahalanobis", arrays, val, pixels=True)
+    scorer = OODScorer(scorer.method, scorer.threshold, dict(scorer.named_buffers()), scorer.k, scorer.pixels)
+    g = torch.Generator().manual_seed(0)
+    probs = (torch.randn(400, 8, generator=g) * 2).softmax(1)
+    calibration = {
+        "tta": NO_TTA.to_dict(),
+        "temperatures": {NO_TTA.key: 1.0},
+        "conformal": {NO_TTA.key: {"probs": probs, "targets": probs.argmax(1)}},
+    }
+    write_calibration(path, calibration, scorer)
+    folder = tmp_path_factory.mktemp("input")
+    for i, name in enumerate(["a", "b", "c"]):
+        Image.fromarray(cells[i * 20]).save(folder / f"{name}.png")
+    Image.fromarray(np.full((96, 96, 3), 255, np.uint8)).save(folder / "blank.png")
+    return path, folder, probs
+
+
+def test_predict_writes_sets_scores_and_abstain_that_agree_with_the_library(checkpoint, tmp_path):
+    path, folder, stored = checkpoint
+    out = run_cli(
+        "predict",
+        f"ckpt_path={path}",
+        f"input={folder}",
+        f"output={tmp_path / 'p.csv'}",
+        "conformal.alpha=0.1",
+        f"hydra.run.dir={tmp_path}",
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = {r["source"]: r for r in csv.DictReader(open(tmp_path / "p.csv"))}
+    predictor = load_predictor(path)
+    names = predictor.class_names
+    sets = ConformalSets.fit(stored, stored.argmax(1), 0.1, "lac", True)
+    for row in rows.values():
+        probs = torch.tensor([[float(row[f"p_{c}"]) for c in names]])
+        expected = [c for c, inside in zip(names, sets.sets(probs)[0]) if inside]
+        assert row["prediction_set"].split("|") == expected or (row["prediction_set"] == "" and not expected)
+        in_dist = float(row["ood_score"]) <= 1
+        assert row["in_distribution"] == str(in_dist)
+        assert row["abstain"] == str(len(expected) != 1 or not in_dist)
+    assert rows["blank.png"]["in_distribution"] == "False"  # a blank frame is no cell
+    image = np.asarray(Image.open(folder / "a.png").convert("RGB"))[None]
+    direct = predictor.predict(loader_of(image, np.zeros(1, np.int64), 1))["ood"]
+    assert float(rows["a.png"]["ood_score"]) == pytest.approx(float(direct[0]), abs=1e-4)
+
+
+def test_the_submission_outputs_the_foreign_score(checkpoint, tmp_path):
+    pytest.importorskip("onnxruntime")
+    path, folder, _ = checkpoint
+    out = run_cli("export", f"ckpt_path={path}", "format=submission", f"paths.output_dir={tmp_path}", timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(tmp_path / "submission" / "model.onnx"), providers=["CPUExecutionProvider"])
+    images = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in sorted(folder.glob("*.png"))])
+    probs, ood = session.run(["probs", "ood_score"], {"images": images})
+    expected = load_predictor(path).predict(loader_of(images, np.zeros(len(images), np.int64), 4))
+    assert np.allclose(ood, expected["ood"].numpy(), rtol=1e-3, atol=1e-4)
+    assert np.allclose(probs, expected["probs"].numpy(), atol=1e-4)
+    card = (tmp_path / "submission" / "MODEL_CARD.md").read_text()
+    assert "Not a medical device" in card and "mahalanobis+pixels" in card
+    assert json.loads((tmp_path / "submission" / "classes.json").read_text())["ood_score"]
+
+
+def test_a_tampered_conformal_calibration_is_refused_by_predict(checkpoint, tmp_path):
+    path, folder, _ = checkpoint
+    state = torch.load(path, weights_only=True)
+    state["calibration"]["conformal"][NO_TTA.key]["targets"] = torch.full((400,), 9)
+    torch.save(state, tmp_path / "t.ckpt")
+    out = run_cli("predict", f"ckpt_path={tmp_path / 't.ckpt'}", f"input={folder}", f"hydra.run.dir={tmp_path}")
+    assert out.returncode == 2 and "conformal calibration" in out.stderr, out.stderr[-2000:]
+    with pytest.raises(Exception, match="conformal calibration"):
+        load_classifier(tmp_path / "t.ckpt")
