@@ -46,10 +46,12 @@ class DeployedPredictor(nn.Module):
         probs = torch.zeros((), device=x.device)
         ood = torch.zeros((), device=x.device)
         for weight, ood_weight, member in zip(self.weights, self.ood_weights, self.members):
-            feats = member.features(views)
-            logits = member.head(feats).float()
-            probs = probs + weight * self.tta.merge_logits(logits.reshape(self.tta.n_views, n, -1))
-            if member.ood is not None:  # the identity view: the first n rows
+            if member.ood is None:
+                logits = member(views).float()
+            else:  # the identity view: the first n rows
+                feats = member.features(views)
+                logits = member.head(feats).float()
                 ood = ood + ood_weight * member.ood(x, feats[:n], logits[:n])
+            probs = probs + weight * self.tta.merge_logits(logits.reshape(self.tta.n_views, n, -1))
         probs = apply_temperature(probs, self.temperature)
         return (probs, ood) if self.has_ood else probs

@@ -172,6 +172,11 @@ def uncertainty_html(run_dir: Path, uncertainty: dict) -> str:
             )
             + table(foreign)
         )
+        if uncertainty.get("foreign_methods"):
+            parts.append(
+                note("How the score was chosen: mean AUROC on the suite made from validation cells, per candidate.")
+                + table(uncertainty["foreign_methods"])
+            )
     else:
         parts.append(note("no foreign-image score in this model"))
     return "".join(parts)

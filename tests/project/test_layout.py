@@ -18,6 +18,7 @@ COMMANDS = {
     "explain",
     "export",
     "clean",
+    "audit",
     "preview",
     "summarize",
     "checkpoints",
