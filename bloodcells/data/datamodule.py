@@ -395,5 +395,9 @@ class BloodCellDataModule(pl.LightningDataModule):
         self.setup()
         return np.stack([self.eval_pipeline(image=a)["image"] for a in self.data.images[index]])
 
+    def sites(self, index: np.ndarray) -> list[str] | None:
+        """The source (site, dataset) of each image, when the data names them."""
+        return None if self.data.site is None else [str(self.data.site[i]) for i in index]
+
     def sources(self, index: np.ndarray) -> list[str]:
         return [self.data.sources[i] for i in index]

@@ -23,7 +23,7 @@ import numpy as np
 
 from bloodcells.core.errors import DataError
 from bloodcells.core.files import replace_atomically
-from bloodcells.data.images import ImageSet, folder_listing, load_image, warn_resized
+from bloodcells.data.images import ImageSet, folder_listing, load_image, sites_of, warn_resized
 from bloodcells.data.resize import resize_array
 
 log = logging.getLogger(__name__)
@@ -82,14 +82,15 @@ def cached_folder(root: str | Path, class_names: tuple[str, ...], image_size: in
         try:
             cached = open_cache(images_file, meta_file, labels, sources)
             log.info("%s: images from the cache %s", root, images_file)
-            return ImageSet(cached, np.asarray(labels, dtype=np.int64), sources, class_names)
+            return ImageSet(cached, np.asarray(labels, dtype=np.int64), sources, class_names, site=sites_of(sources))
         except (OSError, ValueError, UnicodeDecodeError) as err:  # truncated, damaged or another listing's
             log.warning("image cache %s is damaged (%s); decoding the images again", images_file, err)
     log.info("%s: decoding %d images once into the cache %s", root, len(paths), images_file)
     build(images_file, paths, image_size)
     text = json.dumps({"root": str(root), "labels": labels, "sources": sources})
     replace_atomically(meta_file, lambda tmp: Path(tmp).write_text(text))
-    return ImageSet(np.load(images_file, mmap_mode="r"), np.asarray(labels, dtype=np.int64), sources, class_names)
+    images = np.load(images_file, mmap_mode="r")
+    return ImageSet(images, np.asarray(labels, dtype=np.int64), sources, class_names, site=sites_of(sources))
 
 
 def open_cache(images_file: Path, meta_file: Path, labels: list[int], sources: list[str]) -> np.ndarray:

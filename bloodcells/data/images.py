@@ -30,6 +30,9 @@ class ImageSet:
     class_names: tuple[str, ...] = CLASS_NAMES
     split: np.ndarray | None = None
     """Optional per-image split name ('train'/'val'/'test') that the data brings."""
+    site: np.ndarray | None = None
+    """Optional per-image source (laboratory, dataset) that the data brings: evaluate reports
+    metrics per source."""
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -166,19 +169,35 @@ def list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def folder_listing(root: str | Path, class_names: tuple[str, ...]) -> tuple[Path, list[Path], list[int]]:
-    """The image files of ``root/<class>/`` and their labels, checked (no decoding)."""
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"{root}: folder not found")
+def is_site_level(folders: list[Path], class_names: tuple[str, ...]) -> bool:
+    """``root/<site>/<class>/``: no top folder is a class, and every one holds only class folders."""
+    if not folders or any(p.name in class_names for p in folders):
+        return False
+    inner = [sorted(q for q in p.iterdir() if q.is_dir()) for p in folders]
+    return all(sub and all(q.name in class_names for q in sub) for sub in inner)
+
+
+def class_folders(root: Path, class_names: tuple[str, ...]) -> list[Path]:
+    """``root/<class>/`` folders, or ``root/<site>/<class>/`` when the tree has a source level."""
     folders = sorted(p for p in root.iterdir() if p.is_dir())
+    if is_site_level(folders, class_names):
+        return [q for p in folders for q in sorted(q for q in p.iterdir() if q.is_dir())]
     unknown = [p.name for p in folders if p.name not in class_names]
     if unknown:
         raise DataError(f"{root}: class folders {unknown} are not among the class names {list(class_names)}")
     if not folders:
         raise DataError(f"{root}: no class folders (expected {root}/<class>/*.jpg)")
+    return folders
+
+
+def folder_listing(root: str | Path, class_names: tuple[str, ...]) -> tuple[Path, list[Path], list[int]]:
+    """The image files of ``root/<class>/`` (or ``root/<site>/<class>/``: images from several
+    sources, reported per source by evaluate) and their labels, checked (no decoding)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: folder not found")
     paths, labels = [], []
-    for folder in folders:
+    for folder in class_folders(root, class_names):
         files = list_images(folder)
         nested = [f for f in files if f.parent != folder]
         if nested:
@@ -191,3 +210,9 @@ def folder_listing(root: str | Path, class_names: tuple[str, ...]) -> tuple[Path
         paths += files
         labels += [class_names.index(folder.name)] * len(files)
     return root, paths, labels
+
+
+def sites_of(sources: list[str]) -> np.ndarray | None:
+    """The source (site) of each image of a ``root/<site>/<class>/file`` tree, else None."""
+    parts = [Path(s).parts for s in sources]
+    return np.array([p[0] for p in parts]) if parts and all(len(p) == 3 for p in parts) else None

@@ -27,6 +27,7 @@ from bloodcells.data.images import (
     folder_listing,
     list_images,
     load_image,
+    sites_of,
     stack_images,
     warn_resized,
 )
@@ -63,8 +64,25 @@ def read_npz(path: str | Path, class_names: tuple[str, ...] = CLASS_NAMES) -> Im
     with open_npz(path) as npz:
         images = check_images(require_key(npz, "images", path), str(path))
         labels = check_labels(require_key(npz, "labels", path), len(images), len(class_names), str(path))
+        site = npz_sites(npz, len(images), path)
     sources = [f"{Path(path).name}[{i}]" for i in range(len(images))]
-    return ImageSet(images, labels, sources, tuple(class_names))
+    return ImageSet(images, labels, sources, tuple(class_names), site=site)
+
+
+SITE_KEYS = ("source", "dataset")
+
+
+def npz_sites(npz: np.lib.npyio.NpzFile, n: int, path: str | Path) -> np.ndarray | None:
+    """An npz's optional ``source`` (or ``dataset``) key: one name or number per image."""
+    key = next((k for k in SITE_KEYS if k in npz.files), None)
+    if key is None:
+        return None
+    site = require_key(npz, key, path).reshape(-1)
+    if len(site) != n or site.dtype.kind not in "iuUS":
+        raise DataError(
+            f"{path}: '{key}' must hold one name or integer per image ({n}), got {site.dtype} x {len(site)}"
+        )
+    return site.astype(str)
 
 
 def read_medmnist(path: str | Path, class_names: tuple[str, ...] = CLASS_NAMES, keep_split: bool = True) -> ImageSet:
@@ -118,7 +136,7 @@ def read_folder(
     root, paths, labels = folder_listing(root, tuple(class_names))
     images = stack_images([load_image(f) for f in paths], paths, image_size)
     sources = [str(p.relative_to(root)) for p in paths]
-    return ImageSet(images, np.array(labels, dtype=np.int64), sources, tuple(class_names))
+    return ImageSet(images, np.array(labels, dtype=np.int64), sources, tuple(class_names), site=sites_of(sources))
 
 
 def read_unlabelled(path: str | Path, image_size: int | None = None) -> tuple[np.ndarray, list[str]]:

@@ -35,6 +35,8 @@ class Evaluation:
     """N foreign-image scores relative to the threshold (> 1: foreign), None without a score."""
     uncertainty: dict = field(default_factory=dict)
     """Set metrics (coverage, sizes, per class), the risk-coverage curve, foreign-image rates."""
+    by_source: list[dict] = field(default_factory=list)
+    """Metrics per source (site, dataset) when the data names one per image."""
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -88,3 +90,21 @@ class Evaluation:
         if ood is not None:
             self.ood = ood
             self.metrics["in_distribution_share"] = float((ood <= 1).float().mean())
+
+    def add_sources(self, sites: list[str] | None, class_names: list[str]) -> None:
+        """Accuracy, balanced accuracy, macro F1 and ECE per source, plus set coverage and the
+        share accepted as cells when those exist."""
+        if sites is None:
+            return
+        sites = list(sites)
+        for site in sorted(set(sites)):
+            rows = torch.tensor([s == site for s in sites])
+            m = compute_metrics(self.probs[rows], self.targets[rows], class_names)["metrics"]
+            row = {"source": site, "n": int(rows.sum())}
+            row.update({k: m[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "ece")})
+            if self.sets is not None:
+                row["set_coverage"] = float(self.sets[rows].gather(1, self.targets[rows].view(-1, 1)).float().mean())
+                row["mean_set_size"] = float(self.sets[rows].sum(1).float().mean())
+            if self.ood is not None:
+                row["in_distribution_share"] = float((self.ood[rows] <= 1).float().mean())
+            self.by_source.append(row)

@@ -100,6 +100,7 @@ def write_report(
     figures: dict[str, str] | None = None,
     curves_note: str | None = None,
     uncertainty: dict | None = None,
+    by_source: list[dict] | None = None,
 ) -> Path:
     """Write ``run_dir/report.html``; ``curves_note`` replaces the learning curves (say why)."""
     figures = dict(figures or {})
@@ -111,7 +112,9 @@ def write_report(
         "config": f"<pre>{html.escape(config_text)}</pre>",
         "data": data_html(data_summary),
         "curves": image_tag(curves, "learning curves") or note(curves_note or "no training log in this run dir"),
-        "metrics": table([{k: v for k, v in metrics.items() if not isinstance(v, (dict, list))}]) + table(per_class),
+        "metrics": table([{k: v for k, v in metrics.items() if not isinstance(v, (dict, list))}])
+        + table(per_class)
+        + ("<h3>By source</h3>" + table(by_source) if by_source else ""),
         "confusion": image_tag(run_dir / "confusion_matrix.png", "confusion matrix"),
         "reliability": image_tag(run_dir / "reliability.png", "reliability diagram"),
         "uncertainty": uncertainty_html(run_dir, uncertainty or {}),
@@ -234,4 +237,5 @@ def report_run(
         figures,
         curves_note,
         result.uncertainty,
+        result.by_source,
     )

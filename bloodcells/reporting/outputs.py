@@ -86,6 +86,7 @@ def write_evaluation(
         "per_class": result.per_class,
         "confusion_matrix": result.confusion_matrix,
         **result.uncertainty,
+        **({"by_source": result.by_source} if result.by_source else {}),
     }
     (out_dir / "metrics.json").write_text(json.dumps(body, indent=2))
     with open(out_dir / "per_class.csv", "w", newline="") as f:
@@ -98,6 +99,11 @@ def write_evaluation(
     write_predictions(out_dir / "predictions.csv", sources, probs, class_names, np.asarray(result.targets), sets, ood)
     if "risk_coverage" in result.uncertainty:
         plot_risk_coverage(out_dir / "risk_coverage.png", result.uncertainty["risk_coverage"], title)
+    if result.by_source:
+        with open(out_dir / "by_source.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(result.by_source[0]))
+            w.writeheader()
+            w.writerows(result.by_source)
     plot_confusion_matrix(out_dir / "confusion_matrix.png", np.asarray(result.confusion_matrix), class_names, title)
     return metrics
 

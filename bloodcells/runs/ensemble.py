@@ -116,6 +116,7 @@ def ensemble(cfg: DictConfig) -> dict:
         images = datamodule.eval_images(test.index.numpy())
         scorer = Predictor(predictor.members, tta, weights)
         results.uncertainty["foreign"] = foreign_report(scorer, images, results.ood, datamodule.eval_batch_size)
+    results.add_sources(datamodule.sites(test.index.numpy()), names)
     metrics = write_evaluation(run_dir, results, datamodule.sources(test.index.numpy()), names, title="ensemble, test")
     note = f"Test split, n={metrics['n']}. Weights and temperatures fitted on the {FITTED_ON}; nothing fitted on test."
     write_comparison(run_dir, rows, note)

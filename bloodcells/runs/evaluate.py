@@ -137,6 +137,7 @@ def evaluate(cfg: DictConfig) -> dict:
         results.uncertainty["foreign"] = foreign_report(
             predictor, images, out["ood"], datamodule.eval_batch_size, cfg.seed
         )
+    results.add_sources(datamodule.sites(results.index.numpy()), predictor.class_names)
     run_dir = Path(cfg.paths.output_dir)
     sources = datamodule.sources(results.index.numpy())
     metrics = write_evaluation(run_dir, results, sources, predictor.class_names, title=f"{cfg.split} split")
@@ -160,6 +161,11 @@ def evaluate(cfg: DictConfig) -> dict:
         f"\nEvaluation of {cfg.ckpt_path} (TTA {predictor.tta.key}, T={predictor.temperature:.3f}) "
         f"on the {cfg.split} split:\n{format_summary(metrics, results.per_class)}"
     )
+    for row in results.by_source:
+        print(
+            f"  source {row['source']}: accuracy {row['accuracy']:.4f}  balanced {row['balanced_accuracy']:.4f}  "
+            f"(n={row['n']})"
+        )
     if cfg.get("shifts", False):
         rows = shift_suite(base, adapt, datamodule, datamodule.splits[cfg.split], datamodule.eval_batch_size)
         write_shift_table(run_dir, rows)

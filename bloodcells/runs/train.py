@@ -131,6 +131,7 @@ def fit_and_test(cfg: DictConfig) -> dict:
     if not trainer.is_global_zero:
         return {}
     results, comparison, what, scored = test_results(trainer, model, datamodule, cfg.conformal)
+    results.add_sources(datamodule.sites(results.index.numpy()), model.class_names)
     sources = datamodule.sources(results.index.numpy())
     metrics = write_evaluation(run_dir, results, sources, model.class_names)
     if comparison:
