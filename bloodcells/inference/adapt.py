@@ -10,6 +10,7 @@ label) is the cheap remedy. The adapted model is a copy: the checkpoint on disk 
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import torch
 from torch.utils.data import DataLoader
@@ -47,6 +48,7 @@ def adapt_batchnorm(model: CellClassifier, loader: DataLoader) -> CellClassifier
         raise ConfigError(f"adapt=bn needs at least 2 images to estimate statistics, got {seen}")
     for bn in layers:
         bn.momentum = 0.1
+    adapted.checkpoint_path = None  # not the file's weights: an ONNX graph of it is not cached beside the file
     return adapted.eval()
 
 
@@ -56,5 +58,4 @@ def adapted_predictor(predictor: Predictor, adapt: str, loader: DataLoader) -> P
         raise ConfigError(f"adapt={adapt!r} is not allowed; choose one of {', '.join(ADAPT)}")
     if adapt == "none":
         return predictor
-    members = [adapt_batchnorm(m, loader) for m in predictor.members]
-    return Predictor(members, predictor.tta, predictor.weights, predictor.temperature)
+    return dataclasses.replace(predictor, members=[adapt_batchnorm(m, loader) for m in predictor.members])

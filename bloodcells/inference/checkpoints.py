@@ -106,6 +106,7 @@ def load_classifier(ckpt_path: object, map_location: str | torch.device = "cpu")
             f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
     model.on_load_checkpoint(checkpoint)
+    model.checkpoint_path = str(ckpt_path)  # where the ONNX Runtime backend caches its graph
     k, d = len(model.class_names), model.backbone.num_features
     check_conformal(model.calibration.get("conformal"), str(ckpt_path), k)
     ood = check_ood(checkpoint.get("ood"), str(ckpt_path), d, k)

@@ -10,6 +10,7 @@ score that accepts 95% of validation cells. Nothing here sees the test split.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -237,7 +238,7 @@ def foreign_report(
     """AUROC and false-accept rate per foreign kind, the suite made from (up to
     ``FOREIGN_LIMIT`` of) ``images``, against ``inside``: the scores of all scored cells."""
     rows = np.linspace(0, len(images) - 1, min(len(images), FOREIGN_LIMIT)).astype(int)
-    identity = Predictor(predictor.members, NO_TTA, predictor.weights)  # the score uses the identity view
+    identity = dataclasses.replace(predictor, tta=NO_TTA)  # the score uses the identity view
     by_kind = {
         kind: identity.predict(array_loader(x, batch_size))["ood"].numpy()
         for kind, x in foreign_suite(images[rows], seed).items()

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 from bloodcells.core.errors import CheckpointError, ConfigError
 from bloodcells.data.resize import resize_images
 from bloodcells.inference.calibration import apply_temperature
+from bloodcells.inference.onnx_backend import ort_view_logits
 from bloodcells.inference.tta import NO_TTA, TTA
 from bloodcells.models.module import CellClassifier
 
@@ -110,6 +111,8 @@ class Predictor:
     calibration_set: dict | None = None
     """Calibrated validation probabilities and true classes for this TTA, from which
     conformal prediction sets are fitted; None when the checkpoint stores none for it."""
+    backend: str = "torch"
+    """``torch``, or ``onnxruntime`` (``inference.onnx_backend``: same scores, faster on CPU)."""
 
     def __post_init__(self) -> None:
         names = [m.class_names for m in self.members]
@@ -134,7 +137,11 @@ class Predictor:
 
     def scores(self, loader: DataLoader) -> Scores:
         """One pass per member over ``loader`` with the predictor's TTA."""
-        passes = [view_logits(m, loader, self.tta) for m in self.members]
+        if self.backend == "onnxruntime":
+            step = max(1, MAX_FORWARD // self.tta.n_views)
+            passes = [ort_view_logits(m, loader, self.tta, step) for m in self.members]
+        else:
+            passes = [view_logits(m, loader, self.tta) for m in self.members]
         for p in passes[1:]:
             if not torch.equal(p["index"], passes[0]["index"]):
                 raise RuntimeError("the loader changed its order between members; it must not shuffle")

@@ -89,6 +89,8 @@ class CellClassifier(pl.LightningModule):
         """The training data's source and split definition, as a checkpoint records them."""
         self.ood: OODScorer | None = None
         """The foreign-image score fitted after training (``checkpoint["ood"]``), if any."""
+        self.checkpoint_path: str | None = None
+        """The file these weights were loaded from, if any (set by ``load_classifier``)."""
         self.class_names = list(class_names)
         self.backbone = create_backbone(backbone, pretrained, weights, drop_rate, drop_path_rate)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format

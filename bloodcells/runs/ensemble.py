@@ -24,6 +24,7 @@ from bloodcells.inference.conformal import configured_sets
 from bloodcells.inference.ensemble_file import write_ensemble_file
 from bloodcells.inference.ensembling import FITTED_ON, evaluate_variant, fit_weights
 from bloodcells.inference.evaluation import Evaluation
+from bloodcells.inference.onnx_backend import resolve_backend
 from bloodcells.inference.ood import foreign_report
 from bloodcells.inference.predictor import Predictor, resolve_device
 from bloodcells.inference.stored import is_number
@@ -74,6 +75,7 @@ def ensemble(cfg: DictConfig) -> dict:
     tta = instantiate(cfg.tta)
     device = resolve_device(cfg.get("device", "auto"))
     predictor = Predictor([load_classifier(p, device) for p in paths], tta)
+    predictor.backend = resolve_backend(cfg.get("backend", "torch"), device)
     datamodule = datamodule_for(predictor, cfg)
     val = predictor.scores(datamodule.loader(datamodule.dataset("val"), datamodule.eval_batch_size))
     test = predictor.scores(datamodule.loader(datamodule.dataset("test"), datamodule.eval_batch_size))

@@ -25,6 +25,7 @@ from bloodcells.inference.conformal import configured_sets
 from bloodcells.inference.ensemble_file import load_predictor
 from bloodcells.inference.evaluation import Evaluation
 from bloodcells.inference.metrics import compute_metrics
+from bloodcells.inference.onnx_backend import resolve_backend
 from bloodcells.inference.ood import foreign_report
 from bloodcells.inference.predictor import Predictor, resolve_device, tta_changes
 from bloodcells.inference.tta import TTA
@@ -98,7 +99,9 @@ def use_training_split(datamodule: BloodCellDataModule, predictor: Predictor, wh
 def evaluate(cfg: DictConfig) -> dict:
     pl.seed_everything(cfg.seed, workers=True)
     check_choice("split", cfg.split, SPLITS)
-    predictor = load_predictor(cfg.ckpt_path, configured_tta(cfg), resolve_device(cfg.get("device", "auto")))
+    device = resolve_device(cfg.get("device", "auto"))
+    predictor = load_predictor(cfg.ckpt_path, configured_tta(cfg), device)
+    predictor.backend = resolve_backend(cfg.get("backend", "torch"), device)
     datamodule = datamodule_for(predictor, cfg)
     loader = datamodule.loader(datamodule.dataset(cfg.split), datamodule.eval_batch_size)
     adapt = cfg.get("adapt", "none")

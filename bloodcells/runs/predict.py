@@ -22,6 +22,7 @@ from bloodcells.data.readers import read_unlabelled
 from bloodcells.inference.adapt import ADAPT_BATCH, adapted_predictor
 from bloodcells.inference.conformal import configured_sets
 from bloodcells.inference.ensemble_file import load_predictor
+from bloodcells.inference.onnx_backend import resolve_backend
 from bloodcells.inference.predictor import resolve_device
 from bloodcells.reporting.outputs import write_predictions
 from bloodcells.runs.evaluate import configured_tta
@@ -34,7 +35,9 @@ def predict(cfg: DictConfig) -> Path:
     out = Path(cfg.output)
     if out.is_dir():
         raise ConfigError(f"output={out} is a folder; give a file name, e.g. output={out / 'predictions.csv'}")
-    predictor = load_predictor(cfg.ckpt_path, configured_tta(cfg), resolve_device(cfg.get("device", "auto")))
+    device = resolve_device(cfg.get("device", "auto"))
+    predictor = load_predictor(cfg.ckpt_path, configured_tta(cfg), device)
+    predictor.backend = resolve_backend(cfg.get("backend", "torch"), device)
     images, sources = read_unlabelled(cfg.input, image_size=predictor.image_size)
     predictor = adapted_predictor(predictor, cfg.get("adapt", "none"), array_loader(images, ADAPT_BATCH))
     scored = predictor.predict(array_loader(images, cfg.batch_size))

@@ -39,6 +39,8 @@ def test_short_run_then_evaluate_and_predict_agree_with_test_step(train_cfg, tmp
     run_dir = Path(cfg.paths.output_dir)
     for name in ("metrics.json", "per_class.csv", "predictions.csv", "confusion_matrix.png", "checkpoints/last.ckpt"):
         assert (run_dir / name).is_file(), name
+    assert "Not a medical device" in (run_dir / "MODEL_CARD.md").read_text()
+    assert (run_dir / "risk_coverage.png").is_file()
     test_rows = read_csv(run_dir / "predictions.csv")
     assert len(test_rows) == metrics["n"] == 96
     saved = json.loads((run_dir / "metrics.json").read_text())["metrics"]
@@ -51,6 +53,12 @@ def test_short_run_then_evaluate_and_predict_agree_with_test_step(train_cfg, tmp
     eval_rows = read_csv(eval_dir / "predictions.csv")
     assert [r["source"] for r in eval_rows] == [r["source"] for r in test_rows]
     assert [r["pred"] for r in eval_rows] == [r["pred"] for r in test_rows]
+    # the sets and foreign-image scores the checkpoint stores give evaluate the test step's columns
+    for column in ("prediction_set", "abstain", "in_distribution"):
+        assert [r[column] for r in eval_rows] == [r[column] for r in test_rows], column
+    np.testing.assert_allclose(
+        [float(r["ood_score"]) for r in eval_rows], [float(r["ood_score"]) for r in test_rows], rtol=1e-3
+    )
     probs = lambda rows: np.array([[float(r[k]) for k in r if k.startswith("p_")] for r in rows])  # noqa: E731
     np.testing.assert_allclose(probs(eval_rows), probs(test_rows), atol=1e-5)
     assert eval_metrics["accuracy"] == pytest.approx(metrics["accuracy"])
