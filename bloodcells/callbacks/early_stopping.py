@@ -7,13 +7,44 @@ are functions of the epoch, so resume restores them exactly.
 
 from __future__ import annotations
 
+import logging
+import math
+
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import EarlyStopping
+
+from bloodcells.core.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def patience_for(n_val: int) -> int:
+    """``patience=auto``: 4 epochs on a validation split of 1,000 images or more; on smaller
+    ones the monitored value is noisier (its standard error grows as 1/sqrt(n)), so a real
+    plateau takes longer to tell from noise: 4 * sqrt(1000 / n), between 4 and 15."""
+    return min(15, max(4, math.ceil(4 * math.sqrt(1000 / max(1, n_val)))))
 
 
 class StagedEarlyStopping(EarlyStopping):
     """Through Lightning's public hooks: EarlyStopping checks in ``on_validation_end`` (or in
-    ``on_train_epoch_end`` with ``check_on_train_epoch_end``); both wait for the last stage."""
+    ``on_train_epoch_end`` with ``check_on_train_epoch_end``); both wait for the last stage.
+    ``patience="auto"`` sizes the patience to the validation split (``patience_for``)."""
+
+    def __init__(self, *args, patience: int | str = 3, **kwargs) -> None:
+        if patience != "auto" and (isinstance(patience, bool) or not isinstance(patience, int) or patience < 0):
+            raise ConfigError(f"callbacks.early_stopping.patience={patience!r}: an integer >= 0, or auto")
+        self.auto_patience = patience == "auto"
+        super().__init__(*args, patience=4 if self.auto_patience else patience, **kwargs)
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        datamodule = trainer.datamodule
+        if self.auto_patience and datamodule is not None and hasattr(datamodule, "splits"):
+            datamodule.setup()
+            self.patience = patience_for(len(datamodule.splits["val"]))
+            pl.utilities.rank_zero_info(
+                f"early stopping: patience {self.patience} epochs ({len(datamodule.splits['val'])} validation images)"
+            )
 
     def waiting_for_last_stage(self, trainer: pl.Trainer) -> bool:
         schedule = getattr(trainer.lightning_module, "schedule", None)
