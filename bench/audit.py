@@ -33,7 +33,7 @@ def main() -> None:
     parser.add_argument("--ckpt", default=None)
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--share", type=float, default=0.02)
-    parser.add_argument("--out", default="outputs/bench/audit")
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "outputs" / "bench" / "audit"))
     args = parser.parse_args()
     torch.set_num_threads(2)
     cfg = compose_config("audit", ["data=folder", f"data.reader.root={args.root}"], "/tmp/bench-audit")
