@@ -20,10 +20,11 @@ import lightning.pytorch as pl
 import numpy as np
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from bloodcells.core.errors import check_positive
+from bloodcells.core.errors import check_choice, check_positive
 from bloodcells.inference.checkpoints import load_classifier, write_calibration
 from bloodcells.inference.ensemble_file import write_ensemble_file
 from bloodcells.inference.ensembling import FITTED_ON, VariantResult, compare_variants
+from bloodcells.inference.onnx_backend import BACKENDS, resolve_backend
 from bloodcells.inference.ood import fit_ood
 from bloodcells.inference.predictor import Predictor, Scores
 from bloodcells.inference.tta import NO_TTA, TTA
@@ -49,9 +50,10 @@ def ranked_checkpoints(trainer: pl.Trainer) -> list[str]:
 
 
 class TTAEnsembleCallback(pl.Callback):
-    def __init__(self, tta: TTA, top_k: int = 1, foreign_score: bool = True) -> None:
+    def __init__(self, tta: TTA, top_k: int = 1, foreign_score: bool = True, backend: str = "auto") -> None:
         check_positive("callbacks.tta_ensemble.top_k", top_k)
-        self.tta, self.top_k, self.foreign_score = tta, top_k, foreign_score
+        check_choice("callbacks.tta_ensemble.backend", backend, BACKENDS)
+        self.tta, self.top_k, self.foreign_score, self.backend = tta, top_k, foreign_score, backend
         self.variants: list[VariantResult] = []
         self.test: Scores | None = None
         self.val: Scores | None = None
@@ -80,7 +82,7 @@ class TTAEnsembleCallback(pl.Callback):
         datamodule = trainer.datamodule
         if self.foreign_score:
             self.fit_foreign_score(members[0], datamodule)
-        predictor = Predictor(members, self.tta)
+        predictor = Predictor(members, self.tta, backend=resolve_backend(self.backend, device))
         self.val = predictor.scores(datamodule.val_dataloader())
         self.test = predictor.scores(datamodule.test_dataloader())
         self.variants = compare_variants(self.val, self.test, self.tta, list(module.class_names))
