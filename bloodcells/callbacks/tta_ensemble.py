@@ -82,7 +82,8 @@ class TTAEnsembleCallback(pl.Callback):
         datamodule = trainer.datamodule
         if self.foreign_score:
             self.fit_foreign_score(members[0], datamodule)
-        predictor = Predictor(members, self.tta, backend=resolve_backend(self.backend, device))
+        views = (len(datamodule.splits["val"]) + len(datamodule.splits["test"])) * self.tta.n_views
+        predictor = Predictor(members, self.tta, backend=resolve_backend(self.backend, device, views))
         self.val = predictor.scores(datamodule.val_dataloader())
         self.test = predictor.scores(datamodule.test_dataloader())
         self.variants = compare_variants(self.val, self.test, self.tta, list(module.class_names))

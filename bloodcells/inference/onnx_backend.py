@@ -26,6 +26,10 @@ from bloodcells.models.module import CellClassifier
 log = logging.getLogger(__name__)
 
 BACKENDS = ("torch", "onnxruntime", "auto")
+EXPORT_PAYS = 2000
+"""Image-views per member above which ``auto`` exports: the ~10 s export costs about what
+torch needs for 700-1,000 views of lite0 at 96 px on 2 cores (BENCHMARKS.md), so smaller jobs
+stay on torch."""
 
 
 def ort_available() -> bool:
@@ -37,11 +41,13 @@ def ort_available() -> bool:
     return True
 
 
-def resolve_backend(name: str, device: torch.device) -> str:
-    """``auto``: ONNX Runtime on CPU when the export extra is installed, torch otherwise."""
+def resolve_backend(name: str, device: torch.device, views: int | None = None) -> str:
+    """``auto``: ONNX Runtime on CPU when the export extra is installed and the job (``views``
+    image-views per member, if known) is large enough to repay the export; torch otherwise."""
     check_choice("backend", name, BACKENDS)
     if name == "auto":
-        return "onnxruntime" if device.type == "cpu" and ort_available() else "torch"
+        large = views is None or views > EXPORT_PAYS
+        return "onnxruntime" if device.type == "cpu" and large and ort_available() else "torch"
     if name == "onnxruntime":
         if not ort_available():
             raise ConfigError("backend=onnxruntime needs the export extra: pip install -e '.[export]'")

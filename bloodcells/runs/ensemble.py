@@ -75,8 +75,10 @@ def ensemble(cfg: DictConfig) -> dict:
     tta = instantiate(cfg.tta)
     device = resolve_device(cfg.get("device", "auto"))
     predictor = Predictor([load_classifier(p, device) for p in paths], tta)
-    predictor.backend = resolve_backend(cfg.get("backend", "torch"), device)
     datamodule = datamodule_for(predictor, cfg)
+    datamodule.setup()
+    views = (len(datamodule.splits["val"]) + len(datamodule.splits["test"])) * tta.n_views
+    predictor.backend = resolve_backend(cfg.get("backend", "torch"), device, views)
     val = predictor.scores(datamodule.loader(datamodule.dataset("val"), datamodule.eval_batch_size))
     test = predictor.scores(datamodule.loader(datamodule.dataset("test"), datamodule.eval_batch_size))
     names = predictor.class_names

@@ -101,8 +101,10 @@ def evaluate(cfg: DictConfig) -> dict:
     check_choice("split", cfg.split, SPLITS)
     device = resolve_device(cfg.get("device", "auto"))
     predictor = load_predictor(cfg.ckpt_path, configured_tta(cfg), device)
-    predictor.backend = resolve_backend(cfg.get("backend", "torch"), device)
     datamodule = datamodule_for(predictor, cfg)
+    datamodule.setup()
+    views = len(datamodule.splits[cfg.split]) * predictor.tta.n_views
+    predictor.backend = resolve_backend(cfg.get("backend", "torch"), device, views)
     loader = datamodule.loader(datamodule.dataset(cfg.split), datamodule.eval_batch_size)
     adapt = cfg.get("adapt", "none")
     base = predictor

@@ -37,8 +37,8 @@ def predict(cfg: DictConfig) -> Path:
         raise ConfigError(f"output={out} is a folder; give a file name, e.g. output={out / 'predictions.csv'}")
     device = resolve_device(cfg.get("device", "auto"))
     predictor = load_predictor(cfg.ckpt_path, configured_tta(cfg), device)
-    predictor.backend = resolve_backend(cfg.get("backend", "torch"), device)
     images, sources = read_unlabelled(cfg.input, image_size=predictor.image_size)
+    predictor.backend = resolve_backend(cfg.get("backend", "torch"), device, len(images) * predictor.tta.n_views)
     predictor = adapted_predictor(predictor, cfg.get("adapt", "none"), array_loader(images, ADAPT_BATCH))
     scored = predictor.predict(array_loader(images, cfg.batch_size))
     probs = scored["probs"]

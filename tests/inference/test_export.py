@@ -71,6 +71,6 @@ def test_the_submission_package_runs_without_torch_or_bloodcells(predictor, real
         {"fitted_on": "test fixture"},
     )
     folder = export(compose_config("export", [f"ckpt_path={ensemble}", "format=submission"], tmp_path / "out"))
-    assert sorted(p.name for p in folder.iterdir()) == ["classes.json", "model.onnx", "model.py"]
+    assert sorted(p.name for p in folder.iterdir()) == ["MODEL_CARD.md", "classes.json", "model.onnx", "model.py"]
     expected = reference_probs(load_predictor(ensemble), real_images).argmax(1)
     assert np.array_equal(run_submission(folder, real_images, tmp_path), expected)

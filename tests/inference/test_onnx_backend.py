@@ -74,4 +74,6 @@ def test_the_graph_is_exported_once_beside_the_checkpoint_and_keyed_by_the_weigh
 
 def test_auto_picks_onnx_runtime_on_the_cpu():
     assert resolve_backend("auto", torch.device("cpu")) == "onnxruntime"
+    assert resolve_backend("auto", torch.device("cpu"), views=20_000) == "onnxruntime"
+    assert resolve_backend("auto", torch.device("cpu"), views=100) == "torch"  # the export would not pay
     assert resolve_backend("torch", torch.device("cpu")) == "torch"

@@ -118,8 +118,17 @@ def test_report_html_for_train_evaluate_and_ensemble_runs(tmp_path):
     )
     metrics = train(cfg)
     checker, text = check_report(tmp_path / "train" / "report.html")
-    assert len(checker.images) == 5  # curves, confusion, reliability, Grad-CAM grid, misclassified
-    for fragment in ("val/balanced_acc", "basophil", "tta (dihedral/prob)", "model:", "no cleaning in this run"):
+    assert len(checker.images) == 6  # curves, confusion, reliability, risk-coverage, Grad-CAM grid, misclassified
+    for fragment in (
+        "val/balanced_acc",
+        "basophil",
+        "tta (dihedral/prob)",
+        "model:",
+        "no cleaning in this run",
+        "Conformal prediction sets",
+        "Foreign images",
+        "How the score was chosen",
+    ):
         assert fragment in text, fragment
     ckpts = sorted((tmp_path / "train" / "checkpoints").glob("epoch*.ckpt"))
     evaluate(

@@ -112,3 +112,25 @@ def test_a_tampered_conformal_calibration_is_refused_by_predict(checkpoint, tmp_
     assert out.returncode == 2 and "conformal calibration" in out.stderr, out.stderr[-2000:]
     with pytest.raises(Exception, match="conformal calibration"):
         load_classifier(tmp_path / "t.ckpt")
+
+
+def test_predict_on_onnx_runtime_writes_the_same_csv_as_on_torch(checkpoint, tmp_path):
+    pytest.importorskip("onnxruntime")
+    path, folder, _ = checkpoint
+    tables = {}
+    for backend in ("torch", "onnxruntime"):
+        out = run_cli(
+            "predict",
+            f"ckpt_path={path}",
+            f"input={folder}",
+            f"output={tmp_path / backend}.csv",
+            f"backend={backend}",
+            "tta=dihedral",
+            f"hydra.run.dir={tmp_path}",
+        )
+        assert out.returncode == 0, out.stderr[-3000:]
+        tables[backend] = list(csv.DictReader(open(tmp_path / f"{backend}.csv")))
+    for a, b in zip(tables["torch"], tables["onnxruntime"], strict=True):
+        assert (a["source"], a["pred"]) == (b["source"], b["pred"])
+        numbers = [k for k in a if k.startswith("p_") or k == "ood_score"]
+        assert max(abs(float(a[k]) - float(b[k])) for k in numbers) <= 1e-4
