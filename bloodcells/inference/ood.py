@@ -72,7 +72,7 @@ class StatsScorer(OODScorer):
     needs each set of images to go through the network once)."""
 
     def image_distance(self, stats: torch.Tensor) -> torch.Tensor:
-        return ((stats - self.pixel_centre) @ self.pixel_projection).pow(2).sum(dim=1)
+        return self.stats_distance(stats)
 
     def on(self, seen: Seen) -> torch.Tensor:
         return self(seen.stats, seen.feats, seen.logits)

@@ -58,9 +58,12 @@ class OODScorer(nn.Module):
         whitened = f @ self.projection
         return (whitened.unsqueeze(1) - self.centres.unsqueeze(0)).pow(2).sum(dim=2).min(dim=1).values
 
+    def stats_distance(self, stats: torch.Tensor) -> torch.Tensor:
+        """Mahalanobis distance of image statistics (N x 10) from the training cells' (N)."""
+        return ((stats - self.pixel_centre) @ self.pixel_projection).pow(2).sum(dim=1)
+
     def image_distance(self, images: torch.Tensor) -> torch.Tensor:
-        """Mahalanobis distance of the image statistics from the training cells' (N)."""
-        return ((image_statistics(images) - self.pixel_centre) @ self.pixel_projection).pow(2).sum(dim=1)
+        return self.stats_distance(image_statistics(images))
 
     def raw(self, images: torch.Tensor, features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         score = self.deep(features, logits)
