@@ -18,7 +18,8 @@ KNOWN_LIMITS = (
     "cells lose accuracy, often while the model stays confident; `adapt=bn` (BatchNorm statistics of the new "
     "site's unlabelled images) and `aug=robust` reduce the loss (docs/inference.md, BENCHMARKS.md).",
     "- The foreign-image flag was fitted and checked on a synthetic suite (defaced cells, photo crops, noise, "
-    "blank frames, extreme colour and blur); foreign images unlike those may pass as cells.",
+    "blank frames, extreme colour and blur); foreign images unlike those may pass as cells, and real cells under "
+    "heavy JPEG compression, blur, zoom or over-exposure are flagged as foreign (BENCHMARKS.md).",
     "- Prediction sets hold the true class at the stated rate only for images exchangeable with the validation "
     "split; under a shift of stain or camera the coverage is not guaranteed.",
     "- Metrics below come from the training run's own test split, drawn from the same data as the training images.",
