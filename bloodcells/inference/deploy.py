@@ -41,17 +41,12 @@ class DeployedPredictor(nn.Module):
         ``Predictor`` combines them]. Images are brought to the members' input size by
         ``resize_images``, as ``predict`` and training bring them."""
         x = resize_images(images.permute(0, 3, 1, 2), self.image_size)
-        n = x.shape[0]
-        views = self.tta.expand(x)
         probs = torch.zeros((), device=x.device)
         ood = torch.zeros((), device=x.device)
         for weight, ood_weight, member in zip(self.weights, self.ood_weights, self.members):
-            if member.ood is None:
-                logits = member(views).float()
-            else:  # the identity view: the first n rows
-                feats = member.features(views)
-                logits = member.head(feats).float()
-                ood = ood + ood_weight * member.ood(x, feats[:n], logits[:n])
-            probs = probs + weight * self.tta.merge_logits(logits.reshape(self.tta.n_views, n, -1))
+            logits, score = member.view_scores(x, self.tta)
+            probs = probs + weight * self.tta.merge_logits(logits)
+            if score is not None:
+                ood = ood + ood_weight * score
         probs = apply_temperature(probs, self.temperature)
         return (probs, ood) if self.has_ood else probs

@@ -65,13 +65,8 @@ class MemberGraph(nn.Module):
         self.model, self.tta = model.eval(), tta
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        n = x.shape[0]
-        views = self.tta.expand(x)
-        if self.model.ood is None:
-            return self.model(views).float().reshape(self.tta.n_views, n, -1)
-        feats = self.model.features(views)
-        logits = self.model.head(feats).float()
-        return logits.reshape(self.tta.n_views, n, -1), self.model.ood(x, feats[:n], logits[:n])
+        logits, ood = self.model.view_scores(x, self.tta)
+        return logits if ood is None else (logits, ood)
 
 
 def graph_key(model: CellClassifier, tta: TTA) -> str:

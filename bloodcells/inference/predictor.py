@@ -34,13 +34,10 @@ def _view_logits(model: CellClassifier, loader: DataLoader, tta: TTA) -> tuple[l
     for images, y, idx in loader:
         x = resize_images(images.to(model.device), size)
         for part in x.split(step):
-            if model.ood is None:
-                out = model(tta.expand(part)).float()
-            else:  # the score needs the features too: on the identity view (the first len(part) rows)
-                feats = model.features(tta.expand(part))
-                out = model.head(feats).float()
-                ood.append(model.ood(part, feats[: len(part)], out[: len(part)]).float().cpu())
-            logits.append(out.view(tta.n_views, len(part), -1).cpu())
+            out, score = model.view_scores(part, tta)
+            logits.append(out.cpu())
+            if score is not None:
+                ood.append(score.float().cpu())
         targets.append(y)
         index.append(idx)
     return logits, ood, targets, index

@@ -119,6 +119,18 @@ class CellClassifier(pl.LightningModule):
         """Logits for uint8 (or 0-255 float) images, N x 3 x H x W."""
         return self.head(self.features(images))
 
+    def view_scores(self, images: torch.Tensor, tta: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits of every view of ``tta`` (an ``inference.tta.TTA``) for N images at the
+        model's input size (V x N x K, float), and the identity view's foreign-image score (N),
+        or None without one; the features are computed once for both."""
+        n = images.shape[0]
+        views = tta.expand(images)
+        if self.ood is None:
+            return self(views).float().reshape(tta.n_views, n, -1), None
+        feats = self.features(views)
+        logits = self.head(feats).float()
+        return logits.reshape(tta.n_views, n, -1), self.ood(images, feats[:n], logits[:n])
+
     def frozen_blocks(self, epoch: int) -> list[bool]:
         return [m == 0 for m in self.schedule.block_multipliers(epoch)]
 
