@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -104,10 +105,17 @@ def wide_to_uint8(pixels: np.ndarray, mode: str, path: Path) -> np.ndarray:
     return np.repeat(gray[..., None], 3, axis=2)
 
 
-def load_image(path: Path) -> np.ndarray:
-    """Decode one image file fully (truncated files fail here, not later in a worker)."""
+def load_image(path: Path | str, data: BinaryIO | None = None, max_pixels: int | None = None) -> np.ndarray:
+    """Decode one image file fully (truncated files fail here, not later in a worker); with
+    ``data``, decode those bytes and name them ``path`` in messages (an upload). An image of
+    more than ``max_pixels`` pixels is refused before it is decoded."""
     try:
-        with Image.open(path) as im:
+        with Image.open(path if data is None else data) as im:
+            if max_pixels is not None and im.width * im.height > max_pixels:
+                raise DataError(
+                    f"{path}: {im.width}x{im.height} image ({im.width * im.height / 1e6:.0f} megapixels) is larger "
+                    f"than the {max_pixels / 1e6:.0f} megapixels taken here; crop it to the cell"
+                )
             im.load()
             mode = im.mode
             if mode in ("L", "LA", "I;16", "I;16B", "I;16L", "I", "F"):
@@ -119,7 +127,9 @@ def load_image(path: Path) -> np.ndarray:
             return np.asarray(im.convert("RGB"))
     except Image.DecompressionBombError as err:
         raise DataError(f"{path}: refused, image too large to decode safely ({err})") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+    except UnidentifiedImageError:
+        raise DataError(f"{path}: not an image (its content is no image format PIL reads)") from None
+    except (OSError, SyntaxError, ValueError) as err:
         raise DataError(f"{path}: unreadable or truncated image file ({err})") from None
 
 

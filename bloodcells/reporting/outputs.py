@@ -12,39 +12,42 @@ from matplotlib.figure import Figure
 from bloodcells.inference.evaluation import Evaluation
 
 
-def write_predictions(
-    path: Path,
+def prediction_rows(
     sources: list[str],
     probs: np.ndarray,
     class_names: list[str],
     targets: np.ndarray | None = None,
     sets: np.ndarray | None = None,
     ood: np.ndarray | None = None,
-) -> None:
-    """One row per image: source, [true class,] predicted class, one probability per class;
-    with conformal sets, ``prediction_set`` (class names joined by ``|``); with a foreign-image
-    score, ``ood_score`` (> 1: foreign) and ``in_distribution``; with either, ``abstain`` (a
-    set that is not one class, or a foreign image)."""
+) -> list[list[str]]:
+    """The header and one row per image: source, [true class,] predicted class, one
+    probability per class; with conformal sets, ``prediction_set`` (class names joined by
+    ``|``); with a foreign-image score, ``ood_score`` (> 1: foreign) and ``in_distribution``;
+    with either, ``abstain`` (a set that is not one class, or a foreign image)."""
     header = ["source"] + (["true"] if targets is not None else []) + ["pred"] + [f"p_{c}" for c in class_names]
     header += ["prediction_set"] if sets is not None else []
     header += ["ood_score", "in_distribution"] if ood is not None else []
     header += ["abstain"] if sets is not None or ood is not None else []
+    rows = [header]
+    for i, (src, p) in enumerate(zip(sources, probs)):
+        row = [src] + ([class_names[int(targets[i])]] if targets is not None else [])
+        row += [class_names[int(p.argmax())]] + [f"{x:.6f}" for x in p]
+        abstain = False
+        if sets is not None:
+            row.append("|".join(c for c, inside in zip(class_names, sets[i]) if inside))
+            abstain = int(sets[i].sum()) != 1
+        if ood is not None:
+            row += [f"{ood[i]:.4f}", str(bool(ood[i] <= 1))]
+            abstain = abstain or not ood[i] <= 1
+        if sets is not None or ood is not None:
+            row.append(str(abstain))
+        rows.append(row)
+    return rows
+
+
+def write_rows(path: Path, rows: list[list[str]]) -> None:
     with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        for i, (src, p) in enumerate(zip(sources, probs)):
-            row = [src] + ([class_names[int(targets[i])]] if targets is not None else [])
-            row += [class_names[int(p.argmax())]] + [f"{x:.6f}" for x in p]
-            abstain = False
-            if sets is not None:
-                row.append("|".join(c for c, inside in zip(class_names, sets[i]) if inside))
-                abstain = int(sets[i].sum()) != 1
-            if ood is not None:
-                row += [f"{ood[i]:.4f}", str(bool(ood[i] <= 1))]
-                abstain = abstain or not ood[i] <= 1
-            if sets is not None or ood is not None:
-                row.append(str(abstain))
-            w.writerow(row)
+        csv.writer(f).writerows(rows)
 
 
 def plot_confusion_matrix(path: Path, confusion: np.ndarray, class_names: list[str], title: str) -> None:
@@ -96,7 +99,8 @@ def write_evaluation(
     probs = np.asarray(result.probs)
     sets = None if result.sets is None else result.sets.numpy()
     ood = None if result.ood is None else result.ood.numpy()
-    write_predictions(out_dir / "predictions.csv", sources, probs, class_names, np.asarray(result.targets), sets, ood)
+    rows = prediction_rows(sources, probs, class_names, np.asarray(result.targets), sets, ood)
+    write_rows(out_dir / "predictions.csv", rows)
     if "risk_coverage" in result.uncertainty:
         plot_risk_coverage(out_dir / "risk_coverage.png", result.uncertainty["risk_coverage"], title)
     if result.by_source:

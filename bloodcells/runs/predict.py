@@ -17,14 +17,11 @@ import numpy as np
 from omegaconf import DictConfig
 
 from bloodcells.core.errors import ConfigError, check_positive
-from bloodcells.data.datamodule import array_loader
 from bloodcells.data.readers import read_unlabelled
-from bloodcells.inference.adapt import ADAPT_BATCH, adapted_predictor
-from bloodcells.inference.conformal import configured_sets
 from bloodcells.inference.ensemble_file import load_predictor
-from bloodcells.inference.onnx_backend import resolve_backend
+from bloodcells.inference.prediction import predict_images
 from bloodcells.inference.predictor import resolve_device
-from bloodcells.reporting.outputs import write_predictions
+from bloodcells.reporting.outputs import prediction_rows, write_rows
 from bloodcells.runs.evaluate import configured_tta
 
 log = logging.getLogger(__name__)
@@ -38,20 +35,17 @@ def predict(cfg: DictConfig) -> Path:
     device = resolve_device(cfg.get("device", "auto"))
     predictor = load_predictor(cfg.ckpt_path, configured_tta(cfg), device)
     images, sources = read_unlabelled(cfg.input, image_size=predictor.image_size)
-    predictor.backend = resolve_backend(cfg.get("backend", "torch"), device, len(images) * predictor.tta.n_views)
-    predictor = adapted_predictor(predictor, cfg.get("adapt", "none"), array_loader(images, ADAPT_BATCH))
-    scored = predictor.predict(array_loader(images, cfg.batch_size))
-    probs = scored["probs"]
-    conformal = configured_sets(predictor.calibration_set, cfg.conformal)
+    result = predict_images(
+        predictor, images, cfg.conformal, cfg.batch_size, cfg.get("backend", "torch"), device, cfg.get("adapt", "none")
+    )
+    probs, sets, ood, conformal = result.probs, result.sets, result.ood, result.conformal
     if conformal is None:
         log.warning(
             "%s stores no conformal calibration for TTA %s: no prediction_set column", cfg.ckpt_path, predictor.tta.key
         )
-    sets = None if conformal is None else conformal.sets(probs).numpy()
-    ood = None if scored["ood"] is None else scored["ood"].numpy()
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_predictions(out, sources, probs.numpy(), predictor.class_names, sets=sets, ood=ood)
-    counts = np.bincount(probs.numpy().argmax(1), minlength=len(predictor.class_names))
+    write_rows(out, prediction_rows(sources, probs, predictor.class_names, sets=sets, ood=ood))
+    counts = np.bincount(probs.argmax(1), minlength=len(predictor.class_names))
     print(f"{len(images)} images -> {out}  (TTA {predictor.tta.key}, T={predictor.temperature:.3f})")
     print("predicted: " + "  ".join(f"{c} {n}" for c, n in zip(predictor.class_names, counts)))
     if sets is not None:

@@ -27,11 +27,13 @@ __all__ = [
     "PROJECT_ROOT",
     "SAMPLE_DIR",
     "assert_one_line_error",
+    "calibrated_checkpoint",
     "compose_config",
     "loader_of",
     "run_cli",
     "run_submission",
     "run_train_cli",
+    "sample_cells",
     "save_checkpoint",
     "tiny_classifier",
 ]
@@ -56,6 +58,47 @@ def tiny_classifier(image_size: int = 96, cls: type | None = None, **overrides):
     )
     hparams.update(overrides)
     return (cls or CellClassifier)(**hparams).eval()
+
+
+def sample_cells() -> tuple[np.ndarray, np.ndarray]:
+    """Every fifth image of the bundled sample and its class index."""
+    from PIL import Image
+
+    files = sorted(SAMPLE_DIR.rglob("*.jpg"))[::5]
+    classes = sorted({f.parent.name for f in sorted(SAMPLE_DIR.rglob("*.jpg"))})
+    images = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
+    return images, np.array([classes.index(f.parent.name) for f in files])
+
+
+def calibrated_checkpoint(path: Path):
+    """A tiny model saved at ``path`` with a Mahalanobis + image-statistics foreign-image score
+    fitted on sample cells and stored (random) validation probabilities for conformal sets;
+    returns the path and those probabilities."""
+    import torch
+
+    from bloodcells.inference.checkpoints import write_calibration
+    from bloodcells.inference.ood import fitted_scorer, look, mahalanobis_arrays, pixel_arrays
+    from bloodcells.inference.tta import NO_TTA
+    from bloodcells.models.ood import OODScorer
+
+    torch.manual_seed(0)
+    cells, labels = sample_cells()
+    model = tiny_classifier()
+    save_checkpoint(model, path)
+    fit = look(model, loader_of(cells[::2], labels[::2], 32))
+    val = look(model, loader_of(cells[1::2], labels[1::2], 32))
+    arrays = {**mahalanobis_arrays(fit.feats, fit.labels, 8), **pixel_arrays(fit.stats)}
+    scorer = fitted_scorer("mahalanobis", arrays, val, pixels=True)
+    scorer = OODScorer(scorer.method, scorer.threshold, dict(scorer.named_buffers()), scorer.k, scorer.pixels)
+    g = torch.Generator().manual_seed(0)
+    probs = (torch.randn(400, 8, generator=g) * 2).softmax(1)
+    calibration = {
+        "tta": NO_TTA.to_dict(),
+        "temperatures": {NO_TTA.key: 1.0},
+        "conformal": {NO_TTA.key: {"probs": probs, "targets": probs.argmax(1)}},
+    }
+    write_calibration(path, calibration, scorer)
+    return path, probs
 
 
 def save_checkpoint(model, path: Path) -> Path:

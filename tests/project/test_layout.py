@@ -9,7 +9,7 @@ from pathlib import Path
 from bloodcells.core.hydra import PROJECT_ROOT
 
 PACKAGE = PROJECT_ROOT / "bloodcells"
-ROOMS = ["core", "cleaning", "data", "models", "inference", "callbacks", "reporting", "sweeps", "runs"]
+ROOMS = ["core", "cleaning", "data", "models", "inference", "callbacks", "reporting", "serving", "sweeps", "runs"]
 COMMANDS = {
     "train",
     "evaluate",
@@ -22,6 +22,7 @@ COMMANDS = {
     "preview",
     "summarize",
     "checkpoints",
+    "serve",
 }
 
 

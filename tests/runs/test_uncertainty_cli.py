@@ -12,44 +12,17 @@ import pytest
 import torch
 from PIL import Image
 
-from bloodcells.inference.checkpoints import load_classifier, write_calibration
+from bloodcells.inference.checkpoints import load_classifier
 from bloodcells.inference.conformal import ConformalSets
 from bloodcells.inference.ensemble_file import load_predictor
-from bloodcells.inference.ood import fitted_scorer, look, mahalanobis_arrays, pixel_arrays
 from bloodcells.inference.tta import NO_TTA
-from bloodcells.models.ood import OODScorer
-from tests.helpers import SAMPLE_DIR, loader_of, run_cli, save_checkpoint, tiny_classifier
-
-
-def sample_cells() -> tuple[np.ndarray, np.ndarray]:
-    files = sorted(SAMPLE_DIR.rglob("*.jpg"))[::5]
-    classes = sorted({f.parent.name for f in sorted(SAMPLE_DIR.rglob("*.jpg"))})
-    images = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
-    return images, np.array([classes.index(f.parent.name) for f in files])
+from tests.helpers import calibrated_checkpoint, loader_of, run_cli, sample_cells
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    """A tiny model with a Mahalanobis + image-statistics score and stored validation probabilities."""
-    torch.manual_seed(0)
-    cells, labels = sample_cells()
-    model = tiny_classifier()
-    path = save_checkpoint(model, tmp_path_factory.mktemp("unc") / "m.ckpt")
-    fit, val = (
-        look(model, loader_of(cells[::2], labels[::2], 32)),
-        look(model, loader_of(cells[1::2], labels[1::2], 32)),
-    )
-    arrays = {**mahalanobis_arrays(fit.feats, fit.labels, 8), **pixel_arrays(fit.stats)}
-    scorer = fitted_scorer("mahalanobis", arrays, val, pixels=True)
-    scorer = OODScorer(scorer.method, scorer.threshold, dict(scorer.named_buffers()), scorer.k, scorer.pixels)
-    g = torch.Generator().manual_seed(0)
-    probs = (torch.randn(400, 8, generator=g) * 2).softmax(1)
-    calibration = {
-        "tta": NO_TTA.to_dict(),
-        "temperatures": {NO_TTA.key: 1.0},
-        "conformal": {NO_TTA.key: {"probs": probs, "targets": probs.argmax(1)}},
-    }
-    write_calibration(path, calibration, scorer)
+    path, probs = calibrated_checkpoint(tmp_path_factory.mktemp("unc") / "m.ckpt")
+    cells, _ = sample_cells()
     folder = tmp_path_factory.mktemp("input")
     for i, name in enumerate(["a", "b", "c"]):
         Image.fromarray(cells[i * 20]).save(folder / f"{name}.png")
