@@ -6,7 +6,7 @@ ARGS ?=
 
 FLOORS_VENV ?= .venv-floors
 
-.PHONY: install train test test-fast test-floors lint bench clean
+.PHONY: install browser train test test-fast test-floors lint bench clean
 
 install: $(VENV)/.installed
 
@@ -14,6 +14,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $@
+
+browser:  ## Debian's chromium + chromium-driver for the served page's browser test (root; CI runs it)
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null)
 
 train: install  ## train lite0 on the bundled sample; extra overrides: make train ARGS="aug=randaug"
 	$(PY) -m bloodcells.train trainer.enable_progress_bar=false $(ARGS)

@@ -145,7 +145,7 @@ MODEL = {
     "drop_rate": (FRACTION, "a number in [0, 1)"),
     "drop_path_rate": (FRACTION, "a number in [0, 1)"),
     "channels_last": (_boolean, "true or false"),
-    "stain_norm": (_one_of("none", "reinhard"), "none or reinhard"),
+    "stain_norm": (_one_of("none", "reinhard", "macenko"), "none, reinhard or macenko"),
 }
 GROUPS = ("head", "optim", "sched", "loss", "finetune")
 REQUIRED = {

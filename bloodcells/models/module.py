@@ -28,7 +28,7 @@ from bloodcells.models.metrics import validation_metrics
 from bloodcells.models.ood import OODScorer
 from bloodcells.models.optimizers import make_optimizer
 from bloodcells.models.schedulers import StagedLR
-from bloodcells.models.stain_norm import ReinhardNorm, lab_statistics
+from bloodcells.models.stain_norm import STAIN_NORMS
 
 
 def to_plain(value: Any) -> Any:
@@ -96,7 +96,7 @@ class CellClassifier(pl.LightningModule):
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.backbone.to(memory_format=self.memory_format)
         mean, std = backbone_norm(self.backbone)
-        self.stain = ReinhardNorm() if stain_norm == "reinhard" else None
+        self.stain = STAIN_NORMS[stain_norm]() if stain_norm != "none" else None
         """Stain normalisation to the training split's LAB statistics (a buffer in the checkpoint)."""
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255)
@@ -164,8 +164,8 @@ class CellClassifier(pl.LightningModule):
             weights = class_weights(dm.train_class_counts(), self.criterion.class_weights)
             if weights is not None:
                 self.class_weight.copy_(weights)
-            if self.stain is not None:  # the reference: the training split's LAB statistics
-                self.stain.set_reference(*lab_statistics(dm.data.images[dm.splits["train"]]))
+            if self.stain is not None:  # the reference: the training split's stain
+                self.stain.fit_reference(dm.data.images[dm.splits["train"]])
 
     def on_train_epoch_start(self) -> None:
         self.apply_freezing(self.current_epoch)
