@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from bloodcells.data.datamodule import array_loader
-from bloodcells.inference.adapt import ADAPT_BATCH, adapted_predictor
+from bloodcells.inference.adapt import ADAPT_BATCH, TentSettings, adapted_predictor
 from bloodcells.inference.conformal import ConformalSets, configured_sets
 from bloodcells.inference.onnx_backend import resolve_backend
 from bloodcells.inference.predictor import Predictor
@@ -34,13 +34,14 @@ def predict_images(
     backend: str = "auto",
     device: torch.device | None = None,
     adapt: str = "none",
+    tent: TentSettings | None = None,
 ) -> Prediction:
     """Score ``images`` (N x S x S x 3 uint8 at the predictor's input size) with the
     predictor's TTA, temperature and stored conformal calibration (``conformal``: the
-    ``conformal`` config); ``adapt=bn`` first re-estimates BatchNorm on these images."""
+    ``conformal`` config); ``adapt=bn|tent`` first adapts BatchNorm to these images."""
     device = device or predictor.members[0].device
     predictor.backend = resolve_backend(backend, device, len(images) * predictor.tta.n_views)
-    predictor = adapted_predictor(predictor, adapt, array_loader(images, ADAPT_BATCH))
+    predictor = adapted_predictor(predictor, adapt, array_loader(images, ADAPT_BATCH), tent)
     scored = predictor.predict(array_loader(images, batch_size))
     probs = scored["probs"]
     sets_fitted = configured_sets(predictor.calibration_set, conformal)

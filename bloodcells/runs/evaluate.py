@@ -20,7 +20,7 @@ from bloodcells.core.errors import DataError, check_choice
 from bloodcells.core.hydra import instantiate
 from bloodcells.data.datamodule import BloodCellDataModule, array_loader, data_source, same_source, split_digest
 from bloodcells.data.shifts import SHIFTS, shifted
-from bloodcells.inference.adapt import ADAPT_BATCH, adapted_predictor
+from bloodcells.inference.adapt import ADAPT_BATCH, TentSettings, adapted_predictor
 from bloodcells.inference.conformal import configured_sets
 from bloodcells.inference.ensemble_file import load_predictor
 from bloodcells.inference.evaluation import Evaluation
@@ -109,7 +109,8 @@ def evaluate(cfg: DictConfig) -> dict:
     adapt = cfg.get("adapt", "none")
     base = predictor
     adapting = datamodule.loader(datamodule.dataset(cfg.split), ADAPT_BATCH)
-    predictor = adapted_predictor(base, adapt, adapting)  # fitted on the scored images only, no labels
+    tent = TentSettings.from_config(cfg.get("tent"))
+    predictor = adapted_predictor(base, adapt, adapting, tent)  # fitted on the scored images only, no labels
     out = predictor.predict(loader)
     views = predictor.tta.n_views > 1
     kind = {(False, False): "plain", (False, True): "tta", (True, False): "ensemble", (True, True): "ensemble+tta"}[
@@ -172,7 +173,7 @@ def evaluate(cfg: DictConfig) -> dict:
             f"(n={row['n']})"
         )
     if cfg.get("shifts", False):
-        rows = shift_suite(base, adapt, datamodule, datamodule.splits[cfg.split], datamodule.eval_batch_size)
+        rows = shift_suite(base, adapt, datamodule, datamodule.splits[cfg.split], datamodule.eval_batch_size, tent)
         write_shift_table(run_dir, rows)
         metrics["shifts"] = {r["shift"]: r["accuracy"] for r in rows}
         (run_dir / "metrics.json").write_text(
@@ -185,16 +186,21 @@ def evaluate(cfg: DictConfig) -> dict:
 
 
 def shift_suite(
-    predictor: Predictor, adapt: str, datamodule: BloodCellDataModule, index, batch_size: int
+    predictor: Predictor,
+    adapt: str,
+    datamodule: BloodCellDataModule,
+    index,
+    batch_size: int,
+    tent: TentSettings | None = None,
 ) -> list[dict]:
     """The scored images under every shift of ``data.shifts.SHIFTS`` (at the model's input
-    size); with ``adapt=bn`` each shifted set is its own site and gets its own statistics."""
+    size); with ``adapt=bn|tent`` each shifted set is its own site and is adapted to on its own."""
     images = datamodule.eval_images(index)
     targets = torch.as_tensor(datamodule.data.labels[index])
     rows = []
     for name in ("none", *SHIFTS):
         x = shifted(images, name)
-        scorer = adapted_predictor(predictor, adapt, array_loader(x, ADAPT_BATCH))
+        scorer = adapted_predictor(predictor, adapt, array_loader(x, ADAPT_BATCH), tent)
         probs = scorer.predict(array_loader(x, batch_size))["probs"]
         m = compute_metrics(probs, targets, predictor.class_names)["metrics"]
         rows.append(

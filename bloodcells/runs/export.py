@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 from bloodcells.core.errors import ConfigError, check_choice
 from bloodcells.data.datamodule import array_loader
 from bloodcells.data.readers import read_unlabelled
-from bloodcells.inference.adapt import ADAPT_BATCH, adapted_predictor
+from bloodcells.inference.adapt import ADAPT_BATCH, TentSettings, adapted_predictor
 from bloodcells.inference.deploy import DeployedPredictor
 from bloodcells.inference.ensemble_file import load_predictor
 from bloodcells.reporting.model_card import model_facts, run_metrics, write_model_card
@@ -86,7 +86,8 @@ def export(cfg: DictConfig) -> Path:
     predictor = load_predictor(cfg.ckpt_path, configured_tta(cfg), "cpu")
     if cfg.get("adapt_to"):  # bake a target site's BatchNorm statistics into the graph
         images, _ = read_unlabelled(cfg.adapt_to, image_size=predictor.image_size)
-        predictor = adapted_predictor(predictor, "bn", array_loader(images, ADAPT_BATCH))
+        tent = TentSettings.from_config(cfg.get("tent"))
+        predictor = adapted_predictor(predictor, cfg.get("adapt", "bn"), array_loader(images, ADAPT_BATCH), tent)
     module = DeployedPredictor(predictor).eval()
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -102,6 +103,6 @@ def export(cfg: DictConfig) -> Path:
     record = predictor.members[0].data_record
     data = {"source": json.dumps(record.get("source", {}))} if record else None
     write_model_card(path if path.is_dir() else path.parent, facts, evaluation, data, where)
-    adapted = f", BatchNorm adapted to {cfg.adapt_to}" if cfg.get("adapt_to") else ""
+    adapted = f", BatchNorm adapted ({cfg.get('adapt', 'bn')}) to {cfg.adapt_to}" if cfg.get("adapt_to") else ""
     print(f"Exported {cfg.ckpt_path} (TTA {predictor.tta.key}, {len(predictor.members)} member(s){adapted}) -> {path}")
     return path

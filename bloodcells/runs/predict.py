@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 
 from bloodcells.core.errors import ConfigError, check_positive
 from bloodcells.data.readers import read_unlabelled
+from bloodcells.inference.adapt import TentSettings
 from bloodcells.inference.ensemble_file import load_predictor
 from bloodcells.inference.prediction import predict_images
 from bloodcells.inference.predictor import resolve_device
@@ -35,9 +36,9 @@ def predict(cfg: DictConfig) -> Path:
     device = resolve_device(cfg.get("device", "auto"))
     predictor = load_predictor(cfg.ckpt_path, configured_tta(cfg), device)
     images, sources = read_unlabelled(cfg.input, image_size=predictor.image_size)
-    result = predict_images(
-        predictor, images, cfg.conformal, cfg.batch_size, cfg.get("backend", "torch"), device, cfg.get("adapt", "none")
-    )
+    backend, adapt = cfg.get("backend", "torch"), cfg.get("adapt", "none")
+    tent = TentSettings.from_config(cfg.get("tent"))
+    result = predict_images(predictor, images, cfg.conformal, cfg.batch_size, backend, device, adapt, tent)
     probs, sets, ood, conformal = result.probs, result.sets, result.ood, result.conformal
     if conformal is None:
         log.warning(
