@@ -1,5 +1,6 @@
 """Robustness beyond one laboratory: accuracy on pbc96's own test split and on every shift of
-the suite, per model, with and without BatchNorm adaptation (adapt=bn), in one run.
+the suite, per model, without and with test-time adaptation (adapt=bn, adapt=tent with its
+default settings), in one run.
 
 Train the models with the CLI under the same budget, then pass their checkpoints, e.g.:
 
@@ -30,6 +31,7 @@ def main() -> None:
     parser.add_argument("--model", action="append", required=True, help="NAME=CHECKPOINT (repeat)")
     parser.add_argument("--root", default=str(Path(__file__).resolve().parents[2] / "shared/data/pbc96/train"))
     parser.add_argument("--limit", type=int, default=None, help="score N test images, evenly spaced")
+    parser.add_argument("--adapt", default="none,bn,tent", help="comma-separated: none, bn, tent")
     args = parser.parse_args()
     torch.set_num_threads(2)
     table: dict[str, dict[str, float]] = {}
@@ -39,7 +41,7 @@ def main() -> None:
         cfg = compose_config("evaluate", [*overrides, "data.reader.cache_dir=null"], "/tmp/bench-shifts")
         predictor = load_predictor(ckpt, TTA("none"))
         datamodule = datamodule_for(predictor, cfg)  # the checkpoint's own test split
-        for adapt in ("none", "bn"):
+        for adapt in args.adapt.split(","):
             test = datamodule.splits["test"]  # sorted by class: a subset is taken evenly spaced, every class in it
             if args.limit:
                 test = test[np.linspace(0, len(test) - 1, min(args.limit, len(test))).astype(int)]
