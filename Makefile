@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 
 browser:  ## Debian's chromium + chromium-driver for the served page's browser test (root; CI runs it)
 	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null)
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null)
 
 train: install  ## train lite0 on the bundled sample; extra overrides: make train ARGS="aug=randaug"
 	$(PY) -m bloodcells.train trainer.enable_progress_bar=false $(ARGS)

@@ -15,6 +15,17 @@ import torchmetrics.functional.classification as M
 from bloodcells.inference.calibration import expected_calibration_error, nll
 
 
+def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion: on the bundled sample's 96 test images an
+    accuracy of 0.885 means anything from 0.80 to 0.94, and the summary says so."""
+    if n == 0:
+        return float("nan"), float("nan")
+    p = correct / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def compute_metrics(probs: torch.Tensor, targets: torch.Tensor, class_names: list[str]) -> dict:
     """Scalar metrics plus per-class rows and the confusion matrix (counts)."""
     k = len(class_names)
@@ -29,9 +40,13 @@ def compute_metrics(probs: torch.Tensor, targets: torch.Tensor, class_names: lis
         f1 = M.multiclass_f1_score(preds, targets, k, average=None)
     confusion = M.multiclass_confusion_matrix(preds, targets, k)
     support = confusion.sum(dim=1)
+    correct = int((preds == targets).sum())
+    low, high = wilson_interval(correct, len(targets))
     scalars = {
         "n": int(len(targets)),
         "accuracy": float((preds == targets).float().mean()),
+        "accuracy_ci_low": low,
+        "accuracy_ci_high": high,
         "balanced_accuracy": float(recall[present].mean()),
         "macro_precision": float(precision[present].mean()),
         "macro_recall": float(recall[present].mean()),

@@ -128,7 +128,9 @@ def plot_risk_coverage(path: Path, curve: list[dict], title: str) -> None:
 
 def format_summary(metrics: dict, per_class: list[dict]) -> str:
     lines = [
-        f"accuracy {metrics['accuracy']:.4f}  balanced {metrics['balanced_accuracy']:.4f}  "
+        f"accuracy {metrics['accuracy']:.4f} "
+        f"(95% CI {metrics['accuracy_ci_low']:.3f}-{metrics['accuracy_ci_high']:.3f})  "
+        f"balanced {metrics['balanced_accuracy']:.4f}  "
         f"macro-F1 {metrics['macro_f1']:.4f}  AUROC {metrics['macro_auroc']:.4f}  "
         f"ECE {metrics['ece']:.4f}  (n={metrics['n']})",
         "recall per class: " + "  ".join(f"{r['class']} {r['recall']:.2f}" for r in per_class),

@@ -16,6 +16,7 @@ from bloodcells.core.errors import check_choice, check_positive
 from bloodcells.data.datamodule import array_loader
 from bloodcells.data.readers import read_unlabelled
 from bloodcells.inference.checkpoints import load_classifier
+from bloodcells.inference.onnx_backend import resolve_backend
 from bloodcells.inference.predictor import Predictor, resolve_device
 from bloodcells.reporting.gradcam import explanation_figures
 from bloodcells.runs.evaluate import SPLITS, datamodule_for
@@ -33,7 +34,8 @@ def explain(cfg: DictConfig) -> dict[str, str]:
         datamodule = datamodule_for(predictor, cfg)
         index = datamodule.dataset(cfg.split).index
         images, labels = datamodule.data.images[index], datamodule.data.labels[index]
-    probs = predictor.predict(array_loader(images, 64))["probs"].numpy()
+    predictor.backend = resolve_backend(cfg.get("backend", "torch"), model.device, len(images))
+    probs = predictor.predict(array_loader(images, 64))["probs"].numpy()  # Grad-CAM itself needs torch
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     figures = explanation_figures(

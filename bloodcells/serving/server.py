@@ -67,7 +67,9 @@ class PageHandler(BaseHTTPRequestHandler):
         self.send_body(status, json.dumps(body).encode(), "application/json")
 
     def send_error_message(self, status: int, message: str) -> None:
-        self.send_json(status, {"error": message})
+        """A 4xx/5xx with its message; the connection closes (a refused body may be unread)."""
+        self.close_connection = True
+        self.send_body(status, json.dumps({"error": message}).encode(), "application/json", {"Connection": "close"})
 
     def do_GET(self) -> None:
         path = urlsplit(self.path).path

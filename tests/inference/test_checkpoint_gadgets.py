@@ -137,15 +137,6 @@ def test_a_callback_state_that_lists_a_remote_url_is_refused(scene):
 # --- through the CLI ---------------------------------------------------------------------------
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("gadget", sorted(GADGETS))
-def test_predict_refuses_each_gadget_with_one_line(scene, gadget):
-    path = write(scene, "crafted.ckpt", loss=GADGETS[gadget](scene))
-    out = run_cli("predict", f"ckpt_path={path}", f"input={SAMPLE / 'ig'}", f"paths.log_dir={scene['dir']}")
-    assert_one_line_error(out, "refused", "hyper_parameters.loss._target_")
-    untouched(scene)
-
-
 def commands(scene: dict, path: Path) -> dict:
     log = f"paths.log_dir={scene['dir']}"
     ensemble = scene["dir"] / "ensemble.json"

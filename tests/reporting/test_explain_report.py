@@ -143,3 +143,20 @@ def test_report_html_for_train_evaluate_and_ensemble_runs(tmp_path):
     )
     _, text = check_report(tmp_path / "ens" / "report.html")
     assert "ensemble of 2" in text and "member 1" in text
+
+
+def test_explain_scores_on_onnx_runtime_as_on_torch(tmp_path):
+    """The scoring behind the captions runs on either backend; the figures are the same."""
+    pytest.importorskip("onnxruntime")
+    from bloodcells.runs.explain import explain
+    from tests.helpers import save_checkpoint
+
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(tiny_classifier(), tmp_path / "m.ckpt")
+    figures = {}
+    for backend in ("torch", "onnxruntime"):
+        run = tmp_path / backend
+        cfg = compose_config("explain", [f"ckpt_path={ckpt}", f"input={SAMPLE}", f"backend={backend}"], run)
+        figures[backend] = Path(explain(cfg)["gradcam_grid"]).read_bytes()
+    assert figures["torch"] == figures["onnxruntime"]
+    assert (tmp_path / ".onnx-cache").is_dir()  # the graph was exported (cached beside the checkpoint)

@@ -136,3 +136,15 @@ def test_evaluate_on_an_external_npz_scores_every_image(tmp_path, make_images):
     assert metrics["n"] == 24 and [r["source"] for r in rows] == [f"external.npz[{i}]" for i in range(24)]
     assert [r["true"] for r in rows] == [tiny_classifier().class_names[i] for i in labels]
     assert metrics["accuracy"] == pytest.approx(np.mean([r["true"] == r["pred"] for r in rows]))
+
+
+def test_the_accuracy_interval_is_wilsons():
+    """Closed forms: with no success the upper bound is z^2 / (n + z^2), with all successes
+    the lower bound is n / (n + z^2); the interval holds the observed proportion."""
+    from bloodcells.inference.metrics import wilson_interval
+
+    z2 = 1.96**2
+    assert wilson_interval(0, 10) == pytest.approx((0.0, z2 / (10 + z2)))
+    assert wilson_interval(10, 10) == pytest.approx((10 / (10 + z2), 1.0))
+    low, high = wilson_interval(85, 96)
+    assert low < 85 / 96 < high

@@ -14,10 +14,20 @@ import sys
 import threading
 
 import numpy as np
+import pytest
 from PIL import Image
 
-from tests.helpers import PROJECT_ROOT, SAMPLE_DIR, assert_one_line_error, calibrated_checkpoint, run_cli
-from tests.serving.conftest import Client
+from bloodcells.core.errors import ConfigError
+from bloodcells.runs.serve import build_server
+from tests.helpers import (
+    PROJECT_ROOT,
+    SAMPLE_DIR,
+    assert_one_line_error,
+    calibrated_checkpoint,
+    compose_config,
+    run_cli,
+)
+from tests.helpers.page_client import Client
 
 CELLS = sorted(SAMPLE_DIR.rglob("*.jpg"))
 
@@ -207,11 +217,11 @@ def test_the_command_serves_and_warns_when_reachable_from_other_machines(served,
         proc.wait(timeout=30)
 
 
-def test_a_bad_setting_ends_the_command_with_one_line(served, tmp_path):
+def test_a_bad_setting_is_named_and_the_command_ends_with_one_line(served, tmp_path):
     ckpt, _ = served
-    out = run_cli("serve", f"ckpt_path={ckpt}", "port=99999", f"hydra.run.dir={tmp_path}")
-    assert_one_line_error(out, "port=99999")
+    for override, fragment in [("port=99999", "port=99999"), ("limits.max_files=0", "limits.max_files=0")]:
+        cfg = compose_config("serve", [f"ckpt_path={ckpt}", override], tmp_path)
+        with pytest.raises(ConfigError, match=re.escape(fragment)):
+            build_server(cfg)
     out = run_cli("serve", f"ckpt_path={tmp_path / 'missing.ckpt'}", f"hydra.run.dir={tmp_path}")
     assert_one_line_error(out, "missing.ckpt")
-    out = run_cli("serve", f"ckpt_path={ckpt}", "limits.max_files=0", f"hydra.run.dir={tmp_path}")
-    assert_one_line_error(out, "limits.max_files=0")
