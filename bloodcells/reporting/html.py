@@ -89,6 +89,16 @@ def note(text: str) -> str:
     return f'<p class="note">{html.escape(text)}</p>'
 
 
+FITTED_ON_SCORED = {
+    "none": "Nothing was fitted on the scored images: the weights, temperature, prediction sets and "
+    "foreign-image threshold all come from the training and validation splits.",
+    "bn": "adapt=bn: the BatchNorm statistics were re-estimated on the scored images themselves (no labels); "
+    "nothing else was fitted on them.",
+    "tent": "adapt=tent: the BatchNorm scales, shifts and statistics were fitted to the scored images "
+    "themselves (prediction entropy, no labels); nothing else was fitted on them.",
+}
+
+
 def write_report(
     run_dir: Path,
     title: str,
@@ -113,6 +123,7 @@ def write_report(
         "data": data_html(data_summary),
         "curves": image_tag(curves, "learning curves") or note(curves_note or "no training log in this run dir"),
         "metrics": table([{k: v for k, v in metrics.items() if not isinstance(v, (dict, list))}])
+        + note(FITTED_ON_SCORED.get(str(metrics.get("adapt", "none")), ""))
         + table(per_class)
         + ("<h3>By source</h3>" + table(by_source) if by_source else ""),
         "confusion": image_tag(run_dir / "confusion_matrix.png", "confusion matrix"),

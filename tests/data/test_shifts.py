@@ -53,3 +53,5 @@ def test_evaluate_writes_the_accuracy_under_every_shift(tmp_path):
         assert float(rows[0]["accuracy"]) == metrics["accuracy"]  # the unshifted row is the evaluation itself
         stored = json.loads((run / "metrics.json").read_text())
         assert stored["metrics"]["adapt"] == adapt and len(stored["shifts"]) == len(SHIFTS) + 1
+        said = {"none": "Nothing was fitted on the scored images", "bn": "re-estimated on the scored images"}
+        assert said[adapt] in (run / "report.html").read_text()
