@@ -1,7 +1,8 @@
 """Latency of the served page: 200 bundled images, one request each (as a user dropping one
-cell at a time), median and 95th percentile, with and without dihedral TTA, Grad-CAM on.
-Baseline in the same run: the same scoring called directly (no HTTP, no multipart, no
-JSON), so the ratio is what serving adds.
+cell at a time) to ``python -m bloodcells.serve``, median and 95th percentile, with and without
+dihedral TTA, Grad-CAM on. Baseline in the same run: the same scoring called directly on the
+main thread (no HTTP, no multipart, no JSON), so the ratio is what serving adds; and the same
+server with the model run in the request threads, which is why ``serve`` does not do that.
 
     python bench/serve.py [--n 200] [--ckpt CKPT]   (default: lite0 at 96 px, ImageNet weights)
 """
@@ -9,6 +10,9 @@ JSON), so the ratio is what serving adds.
 from __future__ import annotations
 
 import argparse
+import re
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -42,9 +46,37 @@ def percentiles(ms: list[float]) -> dict:
     return {"median_ms": round(float(np.median(ms)), 1), "p95_ms": round(float(np.percentile(ms, 95)), 1)}
 
 
-def main() -> None:
+def latencies(host: str, port: int, files: list[Path]) -> list[float]:
     import http.client
 
+    conn = http.client.HTTPConnection(host, port, timeout=60)
+    for f in files[:5]:  # warm-up: first calls allocate
+        assert post(conn, f.read_bytes(), f.name) == 200
+    out = []
+    for f in files:
+        data = f.read_bytes()
+        start = time.perf_counter()
+        assert post(conn, data, f.name) == 200
+        out.append(1000 * (time.perf_counter() - start))
+    conn.close()
+    return out
+
+
+def command_server(ckpt: Path, tta: str, run_dir: Path) -> tuple[subprocess.Popen, int]:
+    """``python -m bloodcells.serve`` as a user starts it; its port."""
+    cmd = [sys.executable, "-m", "bloodcells.serve", f"ckpt_path={ckpt}", "port=0", "backend=torch", f"tta={tta}",
+           f"hydra.run.dir={run_dir}"]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    while True:
+        line = proc.stdout.readline()
+        if not line:
+            raise RuntimeError("the server did not start")
+        found = re.search(r"http://[^:]+:(\d+)/", line)
+        if found:
+            return proc, int(found.group(1))
+
+
+def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=200)
     parser.add_argument("--ckpt", type=Path, default=None)
@@ -61,28 +93,33 @@ def main() -> None:
             torch.save({"state_dict": built.state_dict(), "hyper_parameters": dict(built.hparams)}, ckpt)
         for tta in ("none", "dihedral"):
             cfg = compose_config("serve", [f"ckpt_path={ckpt}", "port=0", "backend=torch", f"tta={tta}"], tmp)
-            server = build_server(cfg)
+            server = build_server(cfg)  # in this process: requests and model work in request threads
             threading.Thread(target=server.serve_forever, daemon=True).start()
             served = server.served
-            direct, http = [], []
-            for f in files[:5]:  # warm-up: first calls allocate
+            direct = []
+            for f in files[:5] + files:  # the first 5 warm up
+                start = time.perf_counter()
                 served.score(decode_uploads([Upload(f.name, f.read_bytes())], served.predictor.image_size, 10**8))
-            for f in files:
-                start = time.perf_counter()
-                decoded = decode_uploads([Upload(f.name, f.read_bytes())], served.predictor.image_size, 10**8)
-                served.score(decoded)
                 direct.append(1000 * (time.perf_counter() - start))
-            conn = http.client.HTTPConnection(*server.server_address[:2], timeout=60)
-            for f in files:
-                data = f.read_bytes()
-                start = time.perf_counter()
-                assert post(conn, data, f.name) == 200
-                http.append(1000 * (time.perf_counter() - start))
-            conn.close()
+            in_thread = latencies(*server.server_address[:2], files)
             server.shutdown()
             server.server_close()
-            row = {"tta": tta, "n": len(files), "direct": percentiles(direct), "served": percentiles(http)}
-            row["overhead_x"] = round(row["served"]["median_ms"] / row["direct"]["median_ms"], 2)
+            proc, port = command_server(ckpt, tta, Path(tmp) / f"serve-{tta}")
+            try:
+                command = latencies("127.0.0.1", port, files)
+            finally:
+                proc.terminate()
+                proc.wait(timeout=30)
+            row = {
+                "tta": tta,
+                "n": len(files),
+                "direct_main_thread": percentiles(direct[5:]),
+                "serve_command": percentiles(command),
+                "model_in_request_thread": percentiles(in_thread),
+            }
+            row["serve_over_direct_x"] = round(
+                row["serve_command"]["median_ms"] / row["direct_main_thread"]["median_ms"], 2
+            )
             rows.append(row)
             print(row, flush=True)
     emit({"bench": "serve", "rows": rows})

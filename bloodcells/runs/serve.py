@@ -7,6 +7,8 @@ conformal calibration, foreign-image score); the page's CSV for a set of images 
 
 from __future__ import annotations
 
+import threading
+
 from omegaconf import DictConfig, OmegaConf
 
 from bloodcells.core.errors import ConfigError, check_positive
@@ -37,11 +39,14 @@ def build_server(cfg: DictConfig) -> PageServer:
 
 
 def serve(cfg: DictConfig) -> None:
+    """Requests are answered in threads; the model's work runs on this (the main) thread."""
     server = build_server(cfg)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
     print(f"serving {cfg.ckpt_path} at {server.url}  (Ctrl-C stops)", flush=True)
     try:
-        server.serve_forever()
+        server.served.run_jobs_forever()
     except KeyboardInterrupt:
         print("stopped")
     finally:
+        server.shutdown()
         server.server_close()

@@ -1,14 +1,18 @@
 """What the page shows for a set of uploaded images: ``predict``'s scores, prediction sets
 and foreign-image flag, the Grad-CAM overlay of each image, and ``predict``'s CSV, computed
 by the same functions ``predict`` calls. One request at a time uses the model (Grad-CAM
-hooks the network, so two requests at once would read each other's activations)."""
+hooks the network, so two requests at once would read each other's activations); under
+``serve`` the work runs on the main thread, not the request's (see ``run_jobs_forever``)."""
 
 from __future__ import annotations
 
 import base64
 import csv
 import io
+import queue
 import threading
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,6 +87,7 @@ class ServedModel:
         self.device = device or torch.device("cpu")
         self.cam_layer = default_layer(predictor.members[0].backbone) if gradcam else None
         self.lock = threading.Lock()
+        self.jobs: queue.Queue | None = None
         self.metrics, self.metrics_from = run_metrics(ckpt_path)
         report = Path(ckpt_path).resolve().parent
         candidates = [report / "report.html", report.parent / "report.html"]
@@ -117,11 +122,7 @@ class ServedModel:
     def score(self, uploads: DecodedUploads) -> dict:
         """The page's answer for decoded uploads: one result per readable image, the errors,
         and the CSV ``predict`` writes for the same files."""
-        with self.lock:
-            prediction = predict_images(
-                self.predictor, uploads.images, self.conformal, self.batch_size, self.backend, self.device
-            )
-            cams = self.overlays(uploads.images, prediction.probs.argmax(1))
+        prediction, cams = self.on_model_thread(self.scores_and_maps, uploads.images)
         names = list(self.predictor.class_names)
         header, *rows = prediction_rows(
             uploads.sources, prediction.probs, names, sets=prediction.sets, ood=prediction.ood
@@ -134,6 +135,35 @@ class ServedModel:
             "errors": uploads.errors,
             "csv": csv_text([header, *rows]),
         }
+
+    def scores_and_maps(self, images: np.ndarray) -> tuple:
+        prediction = predict_images(self.predictor, images, self.conformal, self.batch_size, self.backend, self.device)
+        return prediction, self.overlays(images, prediction.probs.argmax(1))
+
+    def on_model_thread(self, work: Callable, *args):
+        """``work(*args)`` one at a time: on the thread in ``run_jobs_forever`` when one runs
+        there, else here under the lock."""
+        if self.jobs is None:
+            with self.lock:
+                return work(*args)
+        done: Future = Future()
+        self.jobs.put((work, args, done))
+        return done.result()
+
+    def run_jobs_forever(self) -> None:
+        """Run every request's model work on this thread (``serve``: the main thread). PyTorch
+        on CPU scores one image 2.3x slower from a request thread than from the main thread
+        (the OpenMP teams of two threads on the same cores; measured, bench/serve.py)."""
+        self.jobs = queue.Queue()
+        while True:
+            try:
+                work, args, done = self.jobs.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            try:
+                done.set_result(work(*args))
+            except Exception as err:  # the request answers 500 with it; the loop goes on
+                done.set_exception(err)
 
     def overlays(self, images: np.ndarray, classes: np.ndarray) -> list[str | None]:
         if self.cam_layer is None:
