@@ -171,4 +171,6 @@ def fit_and_test(cfg: DictConfig) -> dict:
         )
     print(f"Report: {report}")
     print(f"Run dir: {run_dir}  (metrics.json, per_class.csv, predictions.csv, confusion_matrix.png, checkpoints/)")
+    if metrics.get("best_checkpoint"):
+        print(f"Show it on a local page: python -m bloodcells.serve ckpt_path={metrics['best_checkpoint']}")
     return metrics

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -166,6 +167,8 @@ def test_cli_prints_one_line_per_epoch_without_lightning_noise(tmp_path):
     for epoch in (1, 2):
         assert f"epoch {epoch}/2  train loss " in text and "val balanced acc" in text
     assert "💡 Tip" not in text and "litlogger" not in text and "LeafSpec" not in text
+    shown = re.search(r"python -m bloodcells\.serve ckpt_path=(\S+)", out.stdout)  # the next step it offers
+    assert shown and Path(shown.group(1)).is_file(), out.stdout[-1500:]
 
 
 @pytest.mark.parametrize(
