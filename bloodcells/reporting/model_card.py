@@ -115,15 +115,19 @@ def model_facts(model, members: int, tta: str, temperature: float) -> dict:
     }
 
 
-def run_metrics(ckpt_path: str | Path) -> tuple[dict | None, str]:
-    """The metrics.json of the training run a checkpoint (``RUN/checkpoints/x.ckpt``) or an
-    ensemble file (``RUN/ensemble.json``) came from, and where it was found."""
+def run_file(ckpt_path: str | Path, name: str) -> Path | None:
+    """``name`` (metrics.json, report.html) of the training run a checkpoint
+    (``RUN/checkpoints/x.ckpt``) or an ensemble file (``RUN/ensemble.json``) came from."""
     path = Path(ckpt_path).resolve()
-    for folder in (path.parent, path.parent.parent):
-        found = folder / "metrics.json"
-        if found.is_file():
-            try:
-                return json.loads(found.read_text()), f"`{found}`"
-            except json.JSONDecodeError:
-                return None, f"`{found}` (unreadable)"
-    return None, "no metrics.json beside the model"
+    return next((f for f in (path.parent / name, path.parent.parent / name) if f.is_file()), None)
+
+
+def run_metrics(ckpt_path: str | Path) -> tuple[dict | None, str]:
+    """The metrics.json of the model's training run, and where it was found."""
+    found = run_file(ckpt_path, "metrics.json")
+    if found is None:
+        return None, "no metrics.json beside the model"
+    try:
+        return json.loads(found.read_text()), f"`{found}`"
+    except json.JSONDecodeError:
+        return None, f"`{found}` (unreadable)"

@@ -23,7 +23,7 @@ from PIL import Image
 from bloodcells.inference.prediction import predict_images
 from bloodcells.inference.predictor import Predictor
 from bloodcells.reporting.gradcam import cams_for, default_layer, overlay
-from bloodcells.reporting.model_card import run_metrics
+from bloodcells.reporting.model_card import run_file, run_metrics
 from bloodcells.reporting.outputs import prediction_rows
 from bloodcells.serving.uploads import DecodedUploads
 
@@ -89,9 +89,7 @@ class ServedModel:
         self.lock = threading.Lock()
         self.jobs: queue.Queue | None = None
         self.metrics, self.metrics_from = run_metrics(ckpt_path)
-        report = Path(ckpt_path).resolve().parent
-        candidates = [report / "report.html", report.parent / "report.html"]
-        self.report: Path | None = next((p for p in candidates if p.is_file()), None)
+        self.report: Path | None = run_file(ckpt_path, "report.html")
 
     def info(self) -> dict:
         """What the page says about the model it serves."""

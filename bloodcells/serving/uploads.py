@@ -79,11 +79,12 @@ def decode_one(upload: Upload, max_pixels: int) -> np.ndarray:
 def decode_uploads(uploads: list[Upload], image_size: int, max_pixels: int) -> DecodedUploads:
     """Decode every upload; the readable ones are resized to ``image_size`` as ``predict``
     resizes them, the others are reported one message each."""
-    decoded, errors = {}, []
+    decoded, errors, seen = {}, [], set()
     for upload in uploads:
-        if upload.name in decoded or any(e["source"] == upload.name for e in errors):
+        if upload.name in seen:
             errors.append({"source": upload.name, "error": f"{upload.name}: sent twice; kept the first"})
             continue
+        seen.add(upload.name)
         try:
             decoded[upload.name] = decode_one(upload, max_pixels)
         except DataError as err:
