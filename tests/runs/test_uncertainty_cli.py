@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -90,6 +92,7 @@ def test_a_tampered_conformal_calibration_is_refused_by_predict(checkpoint, tmp_
 def test_predict_on_onnx_runtime_writes_the_same_csv_as_on_torch(checkpoint, tmp_path):
     pytest.importorskip("onnxruntime")
     path, folder, _ = checkpoint
+    path = Path(shutil.copy(path, tmp_path / "fresh.ckpt"))  # no graph cached beside it yet
     tables = {}
     for backend in ("torch", "onnxruntime"):
         out = run_cli(
@@ -103,6 +106,9 @@ def test_predict_on_onnx_runtime_writes_the_same_csv_as_on_torch(checkpoint, tmp
         )
         assert out.returncode == 0, out.stderr[-3000:]
         tables[backend] = list(csv.DictReader(open(tmp_path / f"{backend}.csv")))
+        said = out.stdout + out.stderr
+        assert ("for ONNX Runtime" in said) == (backend == "onnxruntime")  # it exported here
+        assert "onnx_ir" not in said and "onnxscript" not in said, "the exporter's INFO lines reach the user"
     for a, b in zip(tables["torch"], tables["onnxruntime"], strict=True):
         assert (a["source"], a["pred"]) == (b["source"], b["pred"])
         numbers = [k for k in a if k.startswith("p_") or k == "ood_score"]
