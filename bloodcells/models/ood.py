@@ -46,6 +46,11 @@ class OODScorer(nn.Module):
         for name, value in arrays.items():
             self.register_buffer(name, value.float())
 
+    @property
+    def name(self) -> str:
+        """The score as reports name it: the deep method, ``+pixels`` with image statistics."""
+        return self.method + ("+pixels" if self.pixels else "")
+
     def deep(self, features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """The unnormalised deep score of each image (N)."""
         if self.method == "msp":

@@ -110,7 +110,7 @@ def model_facts(model, members: int, tta: str, temperature: float) -> dict:
         "tta": tta,
         "temperature": round(float(temperature), 4),
         "stain_norm": model.hparams.get("stain_norm", "none"),
-        "foreign_score": "none" if model.ood is None else model.ood.method + ("+pixels" if model.ood.pixels else ""),
+        "foreign_score": "none" if model.ood is None else model.ood.name,
         "class_names": list(model.class_names),
     }
 

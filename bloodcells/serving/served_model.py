@@ -110,7 +110,7 @@ class ServedModel:
             "temperature": round(float(p.temperature), 4),
             "classes": list(p.class_names),
             "conformal": None if p.calibration_set is None else self.conformal,
-            "foreign_score": [None if m.ood is None else m.ood.method for m in p.members],
+            "foreign_score": [None if m.ood is None else m.ood.name for m in p.members],
             "gradcam_layer": self.cam_layer,
             "metrics": {k: metrics[k] for k in ("n", "accuracy", "balanced_accuracy", "macro_f1") if k in metrics},
             "metrics_from": self.metrics_from.replace("`", ""),

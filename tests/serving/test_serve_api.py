@@ -45,7 +45,7 @@ def test_the_page_describes_the_model_it_serves(served):
     assert info["checkpoint"] == str(ckpt)
     assert info["members"] == [{"backbone": "test_efficientnet", "image_size": 96, "stain_norm": "none"}]
     assert info["image_size"] == 96 and info["tta"] == "none/prob" and info["temperature"] == 1.0
-    assert info["conformal"]["alpha"] == 0.05 and info["foreign_score"] == ["mahalanobis"]
+    assert info["conformal"]["alpha"] == 0.05 and info["foreign_score"] == ["mahalanobis+pixels"]
     assert info["metrics_from"] == "no metrics.json beside the model" and info["report"] is None
     for path in ("/", "/app.js", "/style.css"):
         status, content_type, body = client.request("GET", path)
