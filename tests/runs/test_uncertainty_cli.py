@@ -108,7 +108,8 @@ def test_predict_on_onnx_runtime_writes_the_same_csv_as_on_torch(checkpoint, tmp
         tables[backend] = list(csv.DictReader(open(tmp_path / f"{backend}.csv")))
         said = out.stdout + out.stderr
         assert ("for ONNX Runtime" in said) == (backend == "onnxruntime")  # it exported here
-        assert "onnx_ir" not in said and "onnxscript" not in said, "the exporter's INFO lines reach the user"
+        chatter = [line for line in said.splitlines() if "][onnx_ir." in line or "][onnxscript." in line]
+        assert not chatter, chatter[:3]  # the exporter's graph passes are not the user's business
     for a, b in zip(tables["torch"], tables["onnxruntime"], strict=True):
         assert (a["source"], a["pred"]) == (b["source"], b["pred"])
         numbers = [k for k in a if k.startswith("p_") or k == "ood_score"]
