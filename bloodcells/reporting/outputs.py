@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 
@@ -45,9 +46,15 @@ def prediction_rows(
     return rows
 
 
+def csv_text(rows: list[list[str]]) -> str:
+    """Rows as CSV text (the csv module's dialect: lines end in CRLF)."""
+    buffer = io.StringIO(newline="")
+    csv.writer(buffer).writerows(rows)
+    return buffer.getvalue()
+
+
 def write_rows(path: Path, rows: list[list[str]]) -> None:
-    with open(path, "w", newline="") as f:
-        csv.writer(f).writerows(rows)
+    path.write_text(csv_text(rows), newline="")
 
 
 def plot_confusion_matrix(path: Path, confusion: np.ndarray, class_names: list[str], title: str) -> None:

@@ -7,7 +7,6 @@ hooks the network, so two requests at once would read each other's activations);
 from __future__ import annotations
 
 import base64
-import csv
 import io
 import queue
 import threading
@@ -24,7 +23,7 @@ from bloodcells.inference.prediction import predict_images
 from bloodcells.inference.predictor import Predictor
 from bloodcells.reporting.gradcam import cams_for, default_layer, overlay
 from bloodcells.reporting.model_card import run_file, run_metrics
-from bloodcells.reporting.outputs import prediction_rows
+from bloodcells.reporting.outputs import csv_text, prediction_rows
 from bloodcells.serving.uploads import DecodedUploads
 
 
@@ -41,12 +40,6 @@ def png_data_url(image: np.ndarray) -> str:
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-
-
-def csv_text(rows: list[list[str]]) -> str:
-    buffer = io.StringIO(newline="")
-    csv.writer(buffer).writerows(rows)
-    return buffer.getvalue()
 
 
 def row_result(header: list[str], row: list[str], class_names: list[str]) -> dict:
