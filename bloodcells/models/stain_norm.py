@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from bloodcells.core.errors import DataError
+
 RGB_TO_XYZ = torch.tensor(
     [[0.412453, 0.357580, 0.180423], [0.212671, 0.715160, 0.072169], [0.019334, 0.119193, 0.950227]]
 )
@@ -201,7 +203,7 @@ class MacenkoNorm(nn.Module):
             tops.append(top[ok])
         stains, tops = torch.cat(stains), torch.cat(tops)
         if not len(stains):
-            raise ValueError("stain_norm=macenko: no training image has enough stained pixels to fit a reference")
+            raise DataError("stain_norm=macenko: no training image has enough stained pixels to fit a reference")
         reference = stains.median(dim=0).values
         self.reference_stains.copy_(reference / reference.norm(dim=0, keepdim=True))
         self.reference_max.copy_(tops.median(dim=0).values)

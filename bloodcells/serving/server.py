@@ -89,11 +89,10 @@ class PageHandler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         path = urlsplit(self.path).path
-        if path != "/api/predict":
-            self.drain(self.content_length(required=False) or 0)
-            self.send_error_message(404, f"{path}: not served here (POST images to /api/predict)")
-            return
         try:
+            if path != "/api/predict":
+                self.drain(self.content_length(required=False) or 0)
+                raise UploadError(404, f"{path}: not served here (POST images to /api/predict)")
             body = self.read_body()
             limits = self.server.limits
             uploads = parse_multipart(self.headers.get("Content-Type", ""), body, limits.max_files)

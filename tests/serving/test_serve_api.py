@@ -173,6 +173,8 @@ def test_only_the_page_and_the_runs_report_are_served(served, tmp_path):
         assert status == 404 and b"not for the page" not in body, path
     status, _, _ = client.request("POST", "/elsewhere", b"x", {"Content-Length": "1"})
     assert status == 404 and client.alive()
+    status, _, _ = client.request("POST", "/elsewhere", b"x", {"Content-Length": "one"})
+    assert status == 400 and client.alive()  # a bad header anywhere is answered, not dropped
 
 
 def test_a_run_dirs_report_and_metrics_are_linked(serve_checkpoint, tmp_path):
