@@ -60,18 +60,20 @@ class TimeBudget(pl.Callback):
         if cap is None or cap < 1 or not (self.epochs is None or epoch in stage_starts(trainer)):
             return
         now = time.perf_counter()
-        seconds, left = now - self.epoch_start, self.minutes * 60 - (now - self.start)
+        compiling = compile_seconds(module, epoch)
+        seconds, left = now - self.epoch_start - compiling, self.minutes * 60 - (now - self.start)
         fitted = max(epoch + 1, min(cap, epoch + 1 + math.floor(left / seconds)))
         first = self.epochs is None
         self.epochs = int(trainer.strategy.broadcast(fitted, src=0))
         self.apply(trainer, self.epochs)
         why = "trainer.max_epochs" if self.epochs == cap else f"the {self.minutes:g}-minute budget"
         log.info(
-            "time budget %g min: %s took %.0f s -> %d epochs (limited by %s). "
+            "time budget %g min: %s took %.0f s%s -> %d epochs (limited by %s). "
             "To repeat this run without the clock: trainer.max_epochs=%d callbacks.time_budget=null",
             self.minutes,
             "the first epoch" if first else f"epoch {epoch + 1} (the first of a new fine-tuning stage)",
             seconds,
+            f" + {compiling:.0f} s compiling" if compiling else "",
             self.epochs,
             why,
             self.epochs,
@@ -103,3 +105,10 @@ def stage_starts(trainer: pl.Trainer) -> set[int]:
         for stage in config.scheduler.stages
         if stage[0] > 0
     }
+
+
+def compile_seconds(module: pl.LightningModule, epoch: int) -> float:
+    """Seconds ``epoch`` spent in ``torch.compile`` (``models.compiled.CompileClock``): spent
+    from the budget, but not part of what every later epoch costs."""
+    clock = getattr(module, "compile_clock", None)
+    return clock.seconds(epoch) if clock is not None and getattr(module, "compiled", None) else 0.0

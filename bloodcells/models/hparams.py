@@ -146,6 +146,7 @@ MODEL = {
     "drop_path_rate": (FRACTION, "a number in [0, 1)"),
     "channels_last": (_boolean, "true or false"),
     "stain_norm": (_one_of("none", "reinhard", "macenko"), "none, reinhard or macenko"),
+    "compile": (lambda v: isinstance(v, bool) or v == "auto", "true, false or auto"),
 }
 GROUPS = ("head", "optim", "sched", "loss", "finetune")
 REQUIRED = {

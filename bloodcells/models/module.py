@@ -10,16 +10,19 @@ normalises them itself.
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from torch import nn
 
 from bloodcells.core.compat import attached_trainer
 from bloodcells.data.datamodule import DATA_RECORD
 from bloodcells.models.backbones import backbone_norm, create_backbone
+from bloodcells.models.compiled import CompileClock, compile_backbone, decide_compile
 from bloodcells.models.finetune import FinetuneSchedule, backbone_blocks, batchnorm_blocks
 from bloodcells.models.heads import MLPHead
 from bloodcells.models.hparams import check_hparams
@@ -29,6 +32,8 @@ from bloodcells.models.ood import OODScorer
 from bloodcells.models.optimizers import make_optimizer
 from bloodcells.models.schedulers import StagedLR
 from bloodcells.models.stain_norm import STAIN_NORMS
+
+log = logging.getLogger("bloodcells.train")
 
 
 def to_plain(value: Any) -> Any:
@@ -59,6 +64,7 @@ class CellClassifier(pl.LightningModule):
         drop_path_rate: float = 0.0,
         channels_last: bool = True,
         stain_norm: str = "none",
+        compile: bool | str = False,
     ) -> None:
         super().__init__()
         head, class_names, optim, sched, loss, finetune = map(
@@ -80,6 +86,7 @@ class CellClassifier(pl.LightningModule):
                 drop_path_rate=drop_path_rate,
                 channels_last=channels_last,
                 stain_norm=stain_norm,
+                compile=compile,
             )
         )
         self.save_hyperparameters()
@@ -107,13 +114,18 @@ class CellClassifier(pl.LightningModule):
         self.block_bns = batchnorm_blocks(self.backbone, self.blocks)
         self.schedule = FinetuneSchedule(finetune["stages"], len(self.blocks))
         self.val_metrics = validation_metrics(len(class_names))
+        self.compiled: dict[str, nn.Module] = {}
+        """The compiled training forward of the backbone while a fit compiles (``models.compiled``);
+        a plain dict, so it is no registered child: state_dict and checkpoints are the eager module's."""
+        self.compile_clock = CompileClock()
 
     # --- model -------------------------------------------------------------------------
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Pooled backbone features (N x D) of uint8 (or 0-255 float) images, N x 3 x H x W."""
         x = images.float() if self.stain is None else self.stain(images.float())
         x = ((x - self.mean) / self.std).contiguous(memory_format=self.memory_format)
-        return self.backbone(x)
+        backbone = self.compiled.get("backbone", self.backbone) if self.training else self.backbone
+        return backbone(x)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits for uint8 (or 0-255 float) images, N x 3 x H x W."""
@@ -213,6 +225,10 @@ class CellClassifier(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": config}
 
     def on_train_start(self) -> None:
+        self._set_up_schedule()
+        self._set_up_compile()
+
+    def _set_up_schedule(self) -> None:
         """A per-step schedule learns the epoch length here, once the train loader is sized
         (step 0 is epoch 0 whatever the length; a resumed scheduler brings the same value).
         Sizing it in ``configure_optimizers`` (``estimated_stepping_batches`` sets up the
@@ -222,6 +238,32 @@ class CellClassifier(pl.LightningModule):
             batches = self.trainer.num_training_batches
             if math.isfinite(batches):
                 scheduler.set_steps_per_epoch(math.ceil(batches / self.trainer.accumulate_grad_batches))
+
+    def _set_up_compile(self) -> None:
+        """Decide ``model.compile`` for this fit (after a resume too), log why, compile."""
+        steps_per_epoch = math.ceil(self.trainer.num_training_batches / self.trainer.accumulate_grad_batches)
+        planned = steps_per_epoch * max(self.trainer.max_epochs or 1, 1)
+        decision = decide_compile(self.hparams.get("compile", False), self.device.type, planned)
+        if self.trainer.is_global_zero:
+            log.info("%s", decision.reason)
+        if decision.enabled:
+            self.compiled["backbone"] = compile_backbone(self.backbone)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self.compiled:
+            self.compile_clock.step_start()
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.compiled:
+            self.compile_clock.step_end(self.current_epoch)
+
+    def on_train_epoch_end(self) -> None:
+        if self.compiled and self.trainer.is_global_zero:
+            self.compile_clock.log_epoch(self.current_epoch)
+
+    def on_fit_end(self) -> None:
+        """Validation, the TTA comparison and every later use run the eager module."""
+        self.compiled.clear()
 
     def lr_scheduler_step(self, scheduler: StagedLR, metric: Any) -> None:
         scheduler.step(metric)

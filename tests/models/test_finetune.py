@@ -15,6 +15,7 @@ from bloodcells.runs.build import build_datamodule, build_model, build_trainer
 from bloodcells.runs.evaluate import evaluate
 from bloodcells.runs.train import resolve_resume
 from tests.helpers import compose_config, run_train_cli
+from tests.models.test_compile import GraphCount, needs_inductor
 
 STAGED = [
     "finetune=staged",
@@ -72,11 +73,19 @@ def test_stage_block_counts():
         FinetuneSchedule([{"epoch": 1, "unfreeze": 0}], 8)
 
 
-def test_phase1_changes_only_the_head_and_phase2_only_the_chosen_blocks(train_cfg):
-    cfg = train_cfg(*STAGED, "trainer.max_epochs=3", "callbacks=none", "sched=cosine", "aug=none")
-    recorder = Recorder()
-    model = fit_with(cfg, recorder)
+@pytest.mark.parametrize("compile_", ["false", pytest.param("true", marks=[pytest.mark.slow, needs_inductor])])
+def test_phase1_changes_only_the_head_and_phase2_only_the_chosen_blocks(train_cfg, compile_):
+    cfg = train_cfg(
+        *STAGED, "trainer.max_epochs=3", "callbacks=none", "sched=cosine", "aug=none", f"model.compile={compile_}"
+    )
+    recorder, graphs = Recorder(), GraphCount()
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    model = fit_with(cfg, recorder, graphs)
     start, after_phase1, after_phase2 = recorder.states[0], recorder.states[2], recorder.states[3]
+    if compile_ == "true":  # one graph per stage, none per epoch or validation; dropped after the fit
+        assert graphs.graphs == [1, 1, 2] and sorted(model.compile_clock.steps) == [0, 1, 2]
+        assert model.compiled == {} and not any("_orig_mod" in key for key in model.state_dict())
 
     # phase 1 (epochs 0-1): backbone weights and BN running statistics bit-identical
     assert changed(start, after_phase1, "backbone.") == set()
@@ -117,9 +126,12 @@ def test_plateau_decay_restarts_with_each_stage(train_cfg):
 
 
 @pytest.mark.slow
-def test_resume_in_the_middle_of_phase2_matches_an_uninterrupted_run(train_cfg, tmp_path):
-    """With the default 2 loader workers and dropout on: the resumed epochs are bit-exact."""
+@pytest.mark.parametrize("compile_", ["false", pytest.param("true", marks=needs_inductor)])
+def test_resume_in_the_middle_of_phase2_matches_an_uninterrupted_run(train_cfg, tmp_path, compile_):
+    """With the default 2 loader workers and dropout on: the resumed epochs are bit-exact
+    (compiled too: the resumed run compiles afresh and must land on the same weights)."""
     common = [
+        f"model.compile={compile_}",
         "data.num_workers=2",
         "model.drop_rate=0.2",
         *STAGED,

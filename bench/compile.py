@@ -1,0 +1,101 @@
+"""Epoch time with and without ``model.compile`` inside the framework (issue 20), same run.
+
+Each variant is the CLI, ``python -m bloodcells.train data=npz data.reader.path=<pbc96>
+trainer.max_epochs=E callbacks.time_budget=null model.compile=...`` (validation on, the
+TTA comparison and early stopping off, so every run trains the same E epochs), one run at a
+time. Reported per run: every epoch's seconds (train.log, validation included), the steady
+epoch time (median of epochs 2..E: epoch 1 holds the first compile), the compile seconds
+per epoch that the framework logged, the training minutes and the test accuracy. Variants
+alternate eager / compiled, so a drift in the machine's speed hits both.
+
+    python bench/compile.py --epochs 3 --variants "model.compile=false" "model.compile=true"
+    python bench/compile.py --epochs 3 --variants "model.compile=true finetune=staged \\
+        finetune.stages.1.epoch=1 finetune.stages.2.epoch=2"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from budget import training_minutes
+from common import emit, pbc96_cache
+
+ROOT = Path(__file__).resolve().parents[1]
+EPOCH = re.compile(r"\] - epoch (\d+)/\d+ .* (\d+) s$")
+COMPILED = re.compile(r"torch\.compile: epoch (\d+) spent (\d+) s compiling")
+
+
+def run_one(overrides: list[str], epochs: int, cache: Path) -> dict:
+    run_dir = Path(tempfile.mkdtemp(prefix="compile-"))
+    command = [
+        sys.executable,
+        "-m",
+        "bloodcells.train",
+        "data=npz",
+        f"data.reader.path={cache}",
+        f"trainer.max_epochs={epochs}",
+        "callbacks.time_budget=null",
+        "callbacks.early_stopping=null",
+        "callbacks.tta_ensemble=null",
+        "trainer.enable_progress_bar=false",
+        f"hydra.run.dir={run_dir}",
+        *overrides,
+    ]
+    print("$ " + " ".join(command[1:]), flush=True)
+    start = time.perf_counter()
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"run failed ({done.returncode}):\n{(done.stdout + done.stderr)[-3000:]}")
+    lines = (run_dir / "train.log").read_text().splitlines()
+    seconds = [int(m.group(2)) for m in map(EPOCH.search, lines) if m]
+    compiling = {int(m.group(1)): int(m.group(2)) for m in map(COMPILED.search, lines) if m}
+    decision = next((line.split(" - ", 1)[-1] for line in lines if "model.compile=" in line), "")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return {
+        "overrides": " ".join(overrides),
+        "compile_decision": decision,
+        "epoch_s": seconds,
+        "steady_epoch_s": statistics.median(seconds[1:]) if len(seconds) > 1 else None,
+        "compile_s_by_epoch": compiling,
+        "train_min": training_minutes(run_dir),
+        "wall_min": round(wall / 60, 2),
+        "test_accuracy": round(summary["accuracy"], 4),
+        "run_dir": str(run_dir),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--variants", nargs="+", default=["model.compile=false", "model.compile=true"])
+    args = parser.parse_args()
+    cache = pbc96_cache()
+    rows = []
+    for spec in args.variants:
+        rows.append(run_one(spec.split(), args.epochs, cache))
+        print(f"RESULT {json.dumps(rows[-1])}", flush=True)
+    eager = next((r for r in rows if "model.compile=false" in r["overrides"]), None)
+    for row in rows:
+        if eager and row is not eager and row["steady_epoch_s"]:
+            row["steady_speedup_vs_eager"] = round(eager["steady_epoch_s"] / row["steady_epoch_s"], 3)
+            row["train_time_ratio_vs_eager"] = round(eager["train_min"] / row["train_min"], 3)
+    print(f"{'variant':60s} {'epochs (s)':24s} {'steady s':>8s} {'compile s':>20s} {'train min':>9s} {'test acc':>8s}")
+    for row in rows:
+        print(
+            f"{row['overrides']:60s} {str(row['epoch_s']):24s} {str(row['steady_epoch_s']):>8s} "
+            f"{str(row['compile_s_by_epoch']):>20s} {row['train_min']:>9} {row['test_accuracy']:>8}"
+        )
+    emit({"bench": "compile", "epochs": args.epochs, "results": rows})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""``model.compile``: when auto compiles, that the compiled step computes what the eager one
+does, and the budget that does not bill compiling to every later epoch. The staged test
+(one graph per stage) and the exact-resume test run under compile too (``test_finetune.py``)."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+from bloodcells.callbacks import time_budget
+from bloodcells.callbacks.time_budget import TimeBudget
+from bloodcells.core.errors import ConfigError
+from bloodcells.models import compiled
+from bloodcells.models.compiled import AUTO_MIN_STEPS, decide_compile, inductor_missing
+from bloodcells.runs.build import build_datamodule, build_model, build_trainer
+from tests.callbacks.test_cpu_budget import FAST as BUDGET_FAST
+from tests.callbacks.test_cpu_budget import FakeClock
+from tests.helpers import compose_config
+
+FAST = ["model=tiny", "data.num_workers=0", "trainer.enable_progress_bar=false", "callbacks=none"]
+needs_inductor = pytest.mark.skipif(inductor_missing("cpu") is not None, reason=f"{inductor_missing('cpu')}")
+
+
+def test_auto_compiles_long_runs_where_inductor_builds_kernels(monkeypatch):
+    assert decide_compile(False, "cpu", 10**6).enabled is False
+    short = decide_compile("auto", "cpu", AUTO_MIN_STEPS - 1)
+    assert not short.enabled and f"< {AUTO_MIN_STEPS}" in short.reason
+    monkeypatch.setattr(compiled, "inductor_missing", lambda device: None)
+    assert decide_compile("auto", "cpu", AUTO_MIN_STEPS).enabled
+    monkeypatch.setattr(compiled, "inductor_missing", lambda device: "no C++ compiler (g++, c++ or clang++) on PATH")
+    off = decide_compile("auto", "cpu", 10**6)
+    assert not off.enabled and "no C++ compiler" in off.reason
+    with pytest.raises(ConfigError, match="model.compile=true: torch.compile cannot build kernels here: no C"):
+        decide_compile(True, "cpu", 10)
+
+
+def test_compile_is_true_false_or_auto(train_cfg):
+    with pytest.raises(ConfigError, match=r"compile='sometimes': not allowed, expected true, false or auto"):
+        build_model(train_cfg("model.compile=sometimes"))
+
+
+def fit(cfg, *callbacks: pl.Callback):
+    pl.seed_everything(cfg.seed, workers=True)
+    datamodule, model = build_datamodule(cfg), build_model(cfg)
+    trainer = build_trainer(cfg)
+    trainer.callbacks.extend(callbacks)
+    trainer.fit(model, datamodule=datamodule)
+    return model
+
+
+class GraphCount(pl.Callback):
+    """Dynamo's count of distinct compiled graphs at the end of every epoch."""
+
+    def __init__(self) -> None:
+        self.graphs: list[int] = []
+
+    def on_train_epoch_end(self, trainer, module) -> None:
+        self.graphs.append(torch._dynamo.utils.counters["stats"]["unique_graphs"])
+
+
+@needs_inductor
+@pytest.mark.slow
+def test_the_compiled_step_computes_the_eager_loss_and_gradients(train_cfg):
+    """Same batch, same weights, train mode: the compiled forward and backward agree with the
+    eager ones to float reassociation (inductor fuses and reorders sums)."""
+    model = build_model(train_cfg("model.compile=true", "model.drop_rate=0")).train()  # no dropout draws
+    images = torch.randint(0, 256, (8, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    targets = torch.arange(8) % len(model.class_names)
+
+    def loss_and_grads() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        model.zero_grad()
+        model.backbone.load_state_dict(start)  # BN running stats move in train mode
+        loss = model.loss(model(images), targets)
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    start = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    eager_loss, eager_grads = loss_and_grads()
+    model.compiled["backbone"] = compiled.compile_backbone(model.backbone)
+    compiled_loss, compiled_grads = loss_and_grads()
+    torch.testing.assert_close(compiled_loss, eager_loss, rtol=1e-5, atol=1e-6)
+    for name, grad in eager_grads.items():
+        torch.testing.assert_close(compiled_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_the_budget_bills_compiling_once_not_to_every_epoch(tmp_path, monkeypatch):
+    """The first epoch 'takes' 100 s of which 60 s compiled: a 5-minute budget then holds the
+    first epoch plus 200 s / 40 s = 5 more, not the 3 epochs that 100 s per epoch would give."""
+    clock = FakeClock(100.0)
+    monkeypatch.setattr(time_budget, "time", clock)
+
+    class CompiledFor60s(pl.Callback):
+        def on_train_start(self, trainer, module) -> None:
+            module.compiled["backbone"] = module.backbone  # stands in for the compiled callable
+            module.compile_clock.seconds = lambda epoch: 60.0 if epoch == 0 else 0.0
+
+    overrides = [
+        *BUDGET_FAST,
+        "trainer.max_epochs=10",
+        "callbacks.time_budget.minutes=5",
+        "callbacks.early_stopping=null",
+    ]
+    cfg = compose_config("train", overrides, tmp_path)
+    model = fit(cfg, CompiledFor60s(), clock)
+    budget = next(c for c in model.trainer.callbacks if isinstance(c, TimeBudget))
+    assert budget.epochs == 6 and model.trainer.current_epoch == 6
