@@ -11,6 +11,10 @@ Staged fine-tuning changes the cost of an epoch (a frozen backbone needs no back
 through it: 36 s against 73 s for lite0 on 2 cores), so the first epoch of every later
 stage is timed too and the remaining epochs are re-fitted to what is left of the budget.
 
+With ``model.compile`` the first epoch of a stage also holds the compile; the seconds it
+spent compiling (``models.compiled.CompileClock``) are spent from the budget but left out
+of what each later epoch is expected to cost.
+
 The decision is logged with the overrides that repeat it without the clock, travels in
 the checkpoint (a resumed run keeps it), and under DDP rank 0 decides for every rank.
 """
@@ -110,5 +114,5 @@ def stage_starts(trainer: pl.Trainer) -> set[int]:
 def compile_seconds(module: pl.LightningModule, epoch: int) -> float:
     """Seconds ``epoch`` spent in ``torch.compile`` (``models.compiled.CompileClock``): spent
     from the budget, but not part of what every later epoch costs."""
-    clock = getattr(module, "compile_clock", None)
-    return clock.seconds(epoch) if clock is not None and getattr(module, "compiled", None) else 0.0
+    compiler = getattr(module, "compiler", None)
+    return compiler.clock.seconds(epoch) if compiler is not None else 0.0

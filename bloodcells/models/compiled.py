@@ -1,16 +1,20 @@
 """``model.compile``: run the training step through ``torch.compile`` where it pays.
 
-Only the backbone's training forward (and with it the backward) is compiled, at the start of
-training, and dropped at the end of the fit: validation, the TTA comparison, export and
-every later command run the same module eagerly, so each sees one graph per fine-tuning
-stage (a stage changes which parameters need gradients and which BatchNorm layers train,
-and the compiled graph is specialised to both) and no eval-shape recompiles. The compiled
-callable is kept outside the module's registered children: the checkpoint, ``state_dict``
-keys and exact resume are those of the eager module.
+Only the backbone's training forward (and with it the backward) is compiled, and dropped at
+the end of the fit: validation, the TTA comparison, export and every later command run the
+same module eagerly, so a fit sees one graph per fine-tuning stage (a stage changes which
+parameters need gradients and which BatchNorm layers train, and the graph is specialised to
+both) and no eval-shape recompiles. The compiled callable is kept outside the module's
+registered children: the checkpoint, ``state_dict`` keys and exact resume are those of the
+eager module.
 
-Compiling costs tens of seconds per stage on a CPU, so ``auto`` compiles only where the run
-is long enough to win it back (BENCHMARKS.md, "Compiled training"), and only where inductor
-can build kernels (a C++ compiler and the Python headers on CPU, triton on CUDA).
+Whether compiling pays depends on the CPU, not only on the model: the same lite0 step ran
+1.27x faster compiled on one 2-core machine and 0.72x as fast on another (BENCHMARKS.md,
+"Compiled training"). So ``auto`` measures: on a run long enough to win back a compile, and
+where inductor can build kernels (a C++ compiler and the Python headers on CPU, triton on
+CUDA), the first epoch times a few eager steps, compiles, times as many compiled steps and
+keeps the faster. The verdict is logged, decided by rank 0 under DDP, and travels in the
+checkpoint, so a resumed run does not measure again.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import sysconfig
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -31,18 +36,26 @@ from bloodcells.core.errors import ConfigError
 log = logging.getLogger("bloodcells.train")
 
 AUTO_MIN_STEPS = 2000
-"""``auto`` compiles when the fit plans at least this many optimizer steps: on 2 CPU cores
-lite0 recompiles in ~40-60 s per stage and saves ~25% of a ~0.3-s step (BENCHMARKS.md), so
-a stage breaks even after ~600-800 steps; the margin covers a staged run's extra stages."""
+"""``auto`` tries compiling only when the fit plans at least this many optimizer steps: lite0
+compiles in ~30-55 s on 2 CPU cores (BENCHMARKS.md), which a 25% faster ~0.3-s step wins
+back in ~600 steps; the margin covers a staged run's recompile per stage."""
+TRIAL_WARMUP = 2
+"""Steps of the first epoch left untimed by ``auto``'s trial (allocator and loader warm-up)."""
+TRIAL_STEPS = 8
+"""Steps ``auto`` times eagerly, and then compiled (after the compiling step), to compare."""
+TRIAL_MARGIN = 1.03
+"""Compiled must be at least this much faster to be kept (timing noise on a busy machine)."""
 TIMED_STEPS = 4
-"""Steps timed at the start of every epoch: the first minus the median of the rest is the
-time spent compiling (zero, up to noise, in an epoch that did not recompile)."""
+"""Compiled steps timed from the start of every epoch: the first minus the median of the
+rest is the time spent compiling (zero, up to noise, in an epoch that did not recompile)."""
 
 
 @dataclass(frozen=True)
 class CompileDecision:
     enabled: bool
     reason: str
+    trial: bool = False
+    """auto: measure eager against compiled in the first epoch before deciding."""
 
 
 def inductor_missing(device_type: str) -> str | None:
@@ -62,8 +75,11 @@ def inductor_missing(device_type: str) -> str | None:
     return None
 
 
-def decide_compile(mode: bool | str, device_type: str, planned_steps: float) -> CompileDecision:
-    """Whether this fit compiles, and why (logged at the start of training)."""
+def decide_compile(
+    mode: bool | str, device_type: str, planned_steps: float, measured: bool | None = None
+) -> CompileDecision:
+    """Whether this fit compiles, tries both, or not, and why (logged at the start of
+    training). ``measured``: an earlier trial's verdict from the checkpoint, if any."""
     if mode is False:
         return CompileDecision(False, "model.compile=false")
     missing = inductor_missing(device_type)
@@ -73,13 +89,22 @@ def decide_compile(mode: bool | str, device_type: str, planned_steps: float) -> 
         return CompileDecision(True, "model.compile=true")
     if missing:
         return CompileDecision(False, f"model.compile=auto: off, {missing}")
+    if measured is not None:
+        return CompileDecision(
+            measured, f"model.compile=auto: {'on' if measured else 'off'}, as measured before the resume"
+        )
     if planned_steps < AUTO_MIN_STEPS:
         return CompileDecision(
             False,
             f"model.compile=auto: off, {planned_steps:.0f} planned steps < {AUTO_MIN_STEPS} "
             "(compiling would cost more than it saves)",
         )
-    return CompileDecision(True, f"model.compile=auto: on, {planned_steps:.0f} planned steps >= {AUTO_MIN_STEPS}")
+    return CompileDecision(
+        False,
+        f"model.compile=auto: {planned_steps:.0f} planned steps; timing {TRIAL_STEPS} eager and "
+        f"{TRIAL_STEPS} compiled steps to decide",
+        trial=True,
+    )
 
 
 def compile_backbone(backbone: nn.Module) -> nn.Module:
@@ -93,16 +118,12 @@ class CompileClock:
 
     def __init__(self) -> None:
         self.steps: dict[int, list[float]] = {}
-        """Durations of the first ``TIMED_STEPS`` optimizer steps of each epoch (loading excluded)."""
-        self._started = 0.0
+        """Durations of the first ``TIMED_STEPS`` compiled steps of each epoch (loading excluded)."""
 
-    def step_start(self) -> None:
-        self._started = time.perf_counter()
-
-    def step_end(self, epoch: int) -> None:
+    def record(self, epoch: int, seconds: float) -> None:
         steps = self.steps.setdefault(epoch, [])
         if len(steps) < TIMED_STEPS:
-            steps.append(time.perf_counter() - self._started)
+            steps.append(seconds)
 
     def seconds(self, epoch: int) -> float:
         """Seconds ``epoch`` spent compiling: its first step minus a normal one (0 with fewer
@@ -112,7 +133,7 @@ class CompileClock:
 
     def log_epoch(self, epoch: int) -> None:
         """One line for an epoch that compiled (rank zero logs it under DDP)."""
-        if self.seconds(epoch) >= 1.0:
+        if len(self.steps.get(epoch, [])) >= 2 and self.seconds(epoch) >= 1.0:
             log.info(
                 "torch.compile: epoch %d spent %.0f s compiling (first step %.1f s, then %.2f s per step)",
                 epoch + 1,
@@ -120,3 +141,88 @@ class CompileClock:
                 self.steps[epoch][0],
                 statistics.median(self.steps[epoch][1:]),
             )
+
+
+class CompileTrial:
+    """``auto``'s measurement: eager steps, then the compiling step, then compiled steps."""
+
+    def __init__(self) -> None:
+        self.eager: list[float] = []
+        self.compiled: list[float] = []
+        self.steps = 0
+
+    @property
+    def compile_now(self) -> bool:
+        """True at the step that should run (and compile) the compiled forward first."""
+        return self.steps == TRIAL_WARMUP + TRIAL_STEPS
+
+    def record(self, seconds: float) -> bool | None:
+        """Time one step; the verdict (keep compiled?) once both sides are measured."""
+        if TRIAL_WARMUP <= self.steps < TRIAL_WARMUP + TRIAL_STEPS:
+            self.eager.append(seconds)
+        elif self.steps > TRIAL_WARMUP + TRIAL_STEPS:  # the compiling step itself is not compared
+            self.compiled.append(seconds)
+        self.steps += 1
+        if len(self.compiled) < TRIAL_STEPS:
+            return None
+        return statistics.median(self.eager) > TRIAL_MARGIN * statistics.median(self.compiled)
+
+    def summary(self) -> str:
+        eager, compiled = statistics.median(self.eager), statistics.median(self.compiled)
+        return f"eager {eager:.3f} s/step, compiled {compiled:.3f} s/step ({eager / compiled:.2f}x)"
+
+
+class TrainingCompiler:
+    """What a fit does about ``model.compile``: decide, compile, time, forget at the end.
+
+    The module owns one and delegates: ``backbone`` picks the callable for a training
+    forward, the step hooks time steps and run ``auto``'s trial."""
+
+    def __init__(self, mode: bool | str) -> None:
+        self.mode = mode
+        self.measured: bool | None = None
+        """``auto``'s verdict once measured (kept in the checkpoint for a resume)."""
+        self.compiled: dict[str, nn.Module] = {}
+        self.clock = CompileClock()
+        self.trial: CompileTrial | None = None
+        self._started = 0.0
+
+    def backbone(self, eager: nn.Module) -> nn.Module:
+        return self.compiled.get("backbone", eager)
+
+    def start(self, backbone: nn.Module, device_type: str, planned_steps: float) -> CompileDecision:
+        decision = decide_compile(self.mode, device_type, planned_steps, self.measured)
+        self.trial = CompileTrial() if decision.trial else None
+        if decision.enabled:
+            self.compiled["backbone"] = compile_backbone(backbone)
+        return decision
+
+    def step_start(self, backbone: nn.Module) -> None:
+        if self.trial is not None and self.trial.compile_now:
+            self.compiled["backbone"] = compile_backbone(backbone)
+        self._started = time.perf_counter()
+
+    def step_end(self, epoch: int) -> bool | None:
+        """Time the step; ``auto``'s local verdict when its trial has just ended, else None."""
+        seconds = time.perf_counter() - self._started
+        if self.compiled:
+            self.clock.record(epoch, seconds)
+        return self.trial.record(seconds) if self.trial is not None else None
+
+    def settle(self, keep: bool) -> str:
+        """Apply ``auto``'s verdict (rank 0's under DDP); the line to log."""
+        summary = self.trial.summary() if self.trial else ""
+        self.trial, self.measured = None, keep
+        if not keep:
+            self.compiled.clear()
+        return f"model.compile=auto: {'on' if keep else 'off'}, measured {summary}"
+
+    def stop(self) -> None:
+        self.compiled.clear()
+        self.trial = None
+
+    def state(self) -> dict[str, Any]:
+        return {"measured": self.measured}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.measured = state.get("measured")

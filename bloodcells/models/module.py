@@ -17,12 +17,11 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from torch import nn
 
 from bloodcells.core.compat import attached_trainer
 from bloodcells.data.datamodule import DATA_RECORD
 from bloodcells.models.backbones import backbone_norm, create_backbone
-from bloodcells.models.compiled import CompileClock, compile_backbone, decide_compile
+from bloodcells.models.compiled import TrainingCompiler
 from bloodcells.models.finetune import FinetuneSchedule, backbone_blocks, batchnorm_blocks
 from bloodcells.models.heads import MLPHead
 from bloodcells.models.hparams import check_hparams
@@ -114,18 +113,16 @@ class CellClassifier(pl.LightningModule):
         self.block_bns = batchnorm_blocks(self.backbone, self.blocks)
         self.schedule = FinetuneSchedule(finetune["stages"], len(self.blocks))
         self.val_metrics = validation_metrics(len(class_names))
-        self.compiled: dict[str, nn.Module] = {}
-        """The compiled training forward of the backbone while a fit compiles (``models.compiled``);
-        a plain dict, so it is no registered child: state_dict and checkpoints are the eager module's."""
-        self.compile_clock = CompileClock()
+        self.compiler = TrainingCompiler(compile)
+        """``model.compile`` during a fit (``models.compiled``): a plain object, so the compiled
+        callable is no registered child and state_dict and checkpoints are the eager module's."""
 
     # --- model -------------------------------------------------------------------------
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Pooled backbone features (N x D) of uint8 (or 0-255 float) images, N x 3 x H x W."""
         x = images.float() if self.stain is None else self.stain(images.float())
         x = ((x - self.mean) / self.std).contiguous(memory_format=self.memory_format)
-        backbone = self.compiled.get("backbone", self.backbone) if self.training else self.backbone
-        return backbone(x)
+        return (self.compiler.backbone(self.backbone) if self.training else self.backbone)(x)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits for uint8 (or 0-255 float) images, N x 3 x H x W."""
@@ -240,30 +237,33 @@ class CellClassifier(pl.LightningModule):
                 scheduler.set_steps_per_epoch(math.ceil(batches / self.trainer.accumulate_grad_batches))
 
     def _set_up_compile(self) -> None:
-        """Decide ``model.compile`` for this fit (after a resume too), log why, compile."""
+        """Decide ``model.compile`` for this fit (after a resume too) and log why."""
         steps_per_epoch = math.ceil(self.trainer.num_training_batches / self.trainer.accumulate_grad_batches)
         planned = steps_per_epoch * max(self.trainer.max_epochs or 1, 1)
-        decision = decide_compile(self.hparams.get("compile", False), self.device.type, planned)
+        decision = self.compiler.start(self.backbone, self.device.type, planned)
         if self.trainer.is_global_zero:
             log.info("%s", decision.reason)
-        if decision.enabled:
-            self.compiled["backbone"] = compile_backbone(self.backbone)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        if self.compiled:
-            self.compile_clock.step_start()
+        self.compiler.step_start(self.backbone)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self.compiled:
-            self.compile_clock.step_end(self.current_epoch)
+        keep = self.compiler.step_end(self.current_epoch)
+        if keep is not None:  # auto's trial has ended: rank 0's measurement decides for all
+            line = self.compiler.settle(bool(self.trainer.strategy.broadcast(keep, src=0)))
+            if self.trainer.is_global_zero:
+                log.info("%s", line)
 
     def on_train_epoch_end(self) -> None:
-        if self.compiled and self.trainer.is_global_zero:
-            self.compile_clock.log_epoch(self.current_epoch)
+        if self.trainer.is_global_zero:
+            self.compiler.clock.log_epoch(self.current_epoch)
 
     def on_fit_end(self) -> None:
         """Validation, the TTA comparison and every later use run the eager module."""
-        self.compiled.clear()
+        self.compiler.stop()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["compile"] = self.compiler.state()
 
     def lr_scheduler_step(self, scheduler: StagedLR, metric: Any) -> None:
         scheduler.step(metric)
@@ -271,6 +271,7 @@ class CellClassifier(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.calibration = dict(checkpoint.get("calibration", {}))
         self.data_record = dict(checkpoint.get(DATA_RECORD, {}))
+        self.compiler.load_state(checkpoint.get("compile", {}))
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Frozen groups get no update at all: no weight decay, no optimizer-state drift."""

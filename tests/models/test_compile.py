@@ -12,7 +12,15 @@ from bloodcells.callbacks import time_budget
 from bloodcells.callbacks.time_budget import TimeBudget
 from bloodcells.core.errors import ConfigError
 from bloodcells.models import compiled
-from bloodcells.models.compiled import AUTO_MIN_STEPS, decide_compile, inductor_missing
+from bloodcells.models.compiled import (
+    AUTO_MIN_STEPS,
+    TRIAL_STEPS,
+    TRIAL_WARMUP,
+    CompileTrial,
+    TrainingCompiler,
+    decide_compile,
+    inductor_missing,
+)
 from bloodcells.runs.build import build_datamodule, build_model, build_trainer
 from tests.callbacks.test_cpu_budget import FAST as BUDGET_FAST
 from tests.callbacks.test_cpu_budget import FakeClock
@@ -22,17 +30,40 @@ FAST = ["model=tiny", "data.num_workers=0", "trainer.enable_progress_bar=false",
 needs_inductor = pytest.mark.skipif(inductor_missing("cpu") is not None, reason=f"{inductor_missing('cpu')}")
 
 
-def test_auto_compiles_long_runs_where_inductor_builds_kernels(monkeypatch):
+def test_auto_tries_long_runs_where_inductor_builds_kernels(monkeypatch):
     assert decide_compile(False, "cpu", 10**6).enabled is False
     short = decide_compile("auto", "cpu", AUTO_MIN_STEPS - 1)
-    assert not short.enabled and f"< {AUTO_MIN_STEPS}" in short.reason
+    assert not short.enabled and not short.trial and f"< {AUTO_MIN_STEPS}" in short.reason
     monkeypatch.setattr(compiled, "inductor_missing", lambda device: None)
-    assert decide_compile("auto", "cpu", AUTO_MIN_STEPS).enabled
+    long = decide_compile("auto", "cpu", AUTO_MIN_STEPS)
+    assert long.trial and not long.enabled
+    resumed = decide_compile("auto", "cpu", AUTO_MIN_STEPS, measured=True)
+    assert resumed.enabled and not resumed.trial and "as measured before the resume" in resumed.reason
     monkeypatch.setattr(compiled, "inductor_missing", lambda device: "no C++ compiler (g++, c++ or clang++) on PATH")
     off = decide_compile("auto", "cpu", 10**6)
-    assert not off.enabled and "no C++ compiler" in off.reason
+    assert not off.enabled and not off.trial and "no C++ compiler" in off.reason
     with pytest.raises(ConfigError, match="model.compile=true: torch.compile cannot build kernels here: no C"):
         decide_compile(True, "cpu", 10)
+
+
+@pytest.mark.parametrize(
+    ("eager_s", "compiled_s", "keep"), [(0.30, 0.20, True), (0.30, 0.40, False), (0.30, 0.295, False)]
+)
+def test_the_trial_keeps_compiled_only_when_measured_faster(eager_s, compiled_s, keep):
+    """Warm-up steps, then eager ones, then the compiling step (slowest of all, and not
+    compared), then compiled ones; within the 3% margin, eager stays."""
+    trial = CompileTrial()
+    timings = [5.0] * TRIAL_WARMUP + [eager_s] * TRIAL_STEPS + [60.0] + [compiled_s] * TRIAL_STEPS
+    verdicts = []
+    for seconds in timings:
+        assert trial.compile_now == (len(verdicts) == TRIAL_WARMUP + TRIAL_STEPS)
+        verdicts.append(trial.record(seconds))
+    assert verdicts[:-1] == [None] * (len(timings) - 1) and verdicts[-1] is keep
+    compiler = TrainingCompiler("auto")
+    compiler.trial, compiler.compiled["backbone"] = trial, torch.nn.Identity()
+    line = compiler.settle(keep)
+    assert compiler.measured is keep and bool(compiler.compiled) is keep and compiler.trial is None
+    assert line.startswith(f"model.compile=auto: {'on' if keep else 'off'}, measured eager {eager_s:.3f} s/step")
 
 
 def test_compile_is_true_false_or_auto(train_cfg):
@@ -77,7 +108,7 @@ def test_the_compiled_step_computes_the_eager_loss_and_gradients(train_cfg):
 
     start = {k: v.clone() for k, v in model.backbone.state_dict().items()}
     eager_loss, eager_grads = loss_and_grads()
-    model.compiled["backbone"] = compiled.compile_backbone(model.backbone)
+    model.compiler.compiled["backbone"] = compiled.compile_backbone(model.backbone)
     compiled_loss, compiled_grads = loss_and_grads()
     torch.testing.assert_close(compiled_loss, eager_loss, rtol=1e-5, atol=1e-6)
     for name, grad in eager_grads.items():
@@ -92,8 +123,7 @@ def test_the_budget_bills_compiling_once_not_to_every_epoch(tmp_path, monkeypatc
 
     class CompiledFor60s(pl.Callback):
         def on_train_start(self, trainer, module) -> None:
-            module.compiled["backbone"] = module.backbone  # stands in for the compiled callable
-            module.compile_clock.seconds = lambda epoch: 60.0 if epoch == 0 else 0.0
+            module.compiler.clock.seconds = lambda epoch: 60.0 if epoch == 0 else 0.0
 
     overrides = [
         *BUDGET_FAST,
@@ -105,3 +135,48 @@ def test_the_budget_bills_compiling_once_not_to_every_epoch(tmp_path, monkeypatc
     model = fit(cfg, CompiledFor60s(), clock)
     budget = next(c for c in model.trainer.callbacks if isinstance(c, TimeBudget))
     assert budget.epochs == 6 and model.trainer.current_epoch == 6
+
+
+class SteppedClock:
+    """``perf_counter`` for ``models.compiled``: each training step 'takes' ``eager_s`` or
+    ``compiled_s`` depending on whether the compiled forward is in use."""
+
+    def __init__(self, eager_s: float, compiled_s: float) -> None:
+        self.now, self.calls, self.eager_s, self.compiled_s = 0.0, 0, eager_s, compiled_s
+        self.compiler = None
+
+    def perf_counter(self) -> float:
+        self.calls += 1
+        if self.calls % 2 == 0:  # step_end: the step 'took' its time
+            self.now += self.compiled_s if self.compiler.compiled else self.eager_s
+        return self.now
+
+
+@needs_inductor
+@pytest.mark.slow
+def test_auto_measures_then_keeps_compiled_steps_for_the_rest_of_the_fit(train_cfg, monkeypatch, tmp_path):
+    """Eager steps 'take' 0.3 s, compiled ones 0.2 s: the trial keeps compiled, the later
+    epochs run the compiled forward, and the last checkpoint carries the verdict."""
+    monkeypatch.setattr(compiled, "AUTO_MIN_STEPS", 1)
+    clock = SteppedClock(0.3, 0.2)
+    monkeypatch.setattr(compiled, "time", clock)
+
+    class Capture(pl.Callback):
+        def on_train_start(self, trainer, module) -> None:
+            clock.compiler = module.compiler
+
+    cfg = train_cfg(
+        "model.compile=auto",
+        "trainer.max_epochs=5",
+        "callbacks=default",
+        "callbacks.tta_ensemble=null",
+        "callbacks.early_stopping=null",
+        "callbacks.time_budget=null",
+    )
+    model = fit(cfg, Capture())
+    assert model.compiler.measured is True
+    steps_per_epoch = model.trainer.num_training_batches
+    first_compiled_epoch = (TRIAL_WARMUP + TRIAL_STEPS) // steps_per_epoch
+    assert sorted(model.compiler.clock.steps) == list(range(first_compiled_epoch, 5))
+    last = torch.load(next(tmp_path.rglob("last.ckpt")), weights_only=True)
+    assert last["compile"] == {"measured": True}
