@@ -9,8 +9,9 @@ per epoch that the framework logged, the training minutes and the test accuracy.
 alternate eager / compiled, so a drift in the machine's speed hits both.
 
     python bench/compile.py --epochs 3 --variants "model.compile=false" "model.compile=true"
+    python bench/compile.py --minutes 5 --variants "model.compile=auto"   # planned as a real run: auto's trial
     python bench/compile.py --epochs 3 --variants "model.compile=true finetune=staged \\
-        finetune.stages.1.epoch=1 finetune.stages.2.epoch=2"
+        finetune.stages=[{epoch:0,unfreeze:0},{epoch:1,unfreeze:0.5},{epoch:2,unfreeze:all}]"
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ EPOCH = re.compile(r"\] - epoch (\d+)/\d+ .* (\d+) s$")
 COMPILED = re.compile(r"torch\.compile: epoch (\d+) spent (\d+) s compiling")
 
 
-def run_one(overrides: list[str], epochs: int, cache: Path) -> dict:
+def run_one(overrides: list[str], epochs: int, minutes: float | None, cache: Path) -> dict:
     run_dir = Path(tempfile.mkdtemp(prefix="compile-"))
     command = [
         sys.executable,
@@ -41,8 +42,11 @@ def run_one(overrides: list[str], epochs: int, cache: Path) -> dict:
         "bloodcells.train",
         "data=npz",
         f"data.reader.path={cache}",
-        f"trainer.max_epochs={epochs}",
-        "callbacks.time_budget=null",
+        *(
+            [f"trainer.max_epochs={epochs}", "callbacks.time_budget=null"]
+            if minutes is None
+            else [f"callbacks.time_budget.minutes={minutes:g}"]  # trainer.max_epochs: the config's cap
+        ),
         "callbacks.early_stopping=null",
         "callbacks.tta_ensemble=null",
         "trainer.enable_progress_bar=false",
@@ -76,12 +80,15 @@ def run_one(overrides: list[str], epochs: int, cache: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument(
+        "--minutes", type=float, help="a time budget instead of --epochs: the config's 30-epoch cap, as real runs plan"
+    )
     parser.add_argument("--variants", nargs="+", default=["model.compile=false", "model.compile=true"])
     args = parser.parse_args()
     cache = pbc96_cache()
     rows = []
     for spec in args.variants:
-        rows.append(run_one(spec.split(), args.epochs, cache))
+        rows.append(run_one(spec.split(), args.epochs, args.minutes, cache))
         print(f"RESULT {json.dumps(rows[-1])}", flush=True)
     eager = next((r for r in rows if "model.compile=false" in r["overrides"]), None)
     for row in rows:
@@ -94,7 +101,7 @@ def main() -> None:
             f"{row['overrides']:60s} {str(row['epoch_s']):24s} {str(row['steady_epoch_s']):>8s} "
             f"{str(row['compile_s_by_epoch']):>20s} {row['train_min']:>9} {row['test_accuracy']:>8}"
         )
-    emit({"bench": "compile", "epochs": args.epochs, "results": rows})
+    emit({"bench": "compile", "epochs": args.epochs, "minutes": args.minutes, "results": rows})
 
 
 if __name__ == "__main__":

@@ -41,8 +41,9 @@ compiles in ~30-55 s on 2 CPU cores (BENCHMARKS.md), which a 25% faster ~0.3-s s
 back in ~600 steps; the margin covers a staged run's recompile per stage."""
 TRIAL_WARMUP = 2
 """Steps of the first epoch left untimed by ``auto``'s trial (allocator and loader warm-up)."""
-TRIAL_STEPS = 8
-"""Steps ``auto`` times eagerly, and then compiled (after the compiling step), to compare."""
+TRIAL_STEPS = 20
+"""Steps ``auto`` times eagerly, and then compiled (after the compiling step), to compare:
+about 6 s each on 2 cores; 8 were too few to tell a 1.05x from a 0.85x (BENCHMARKS.md)."""
 TRIAL_MARGIN = 1.03
 """Compiled must be at least this much faster to be kept (timing noise on a busy machine)."""
 TIMED_STEPS = 4
@@ -118,7 +119,7 @@ class CompileClock:
 
     def __init__(self) -> None:
         self.steps: dict[int, list[float]] = {}
-        """Durations of the first ``TIMED_STEPS`` compiled steps of each epoch (loading excluded)."""
+        """Durations of the first ``TIMED_STEPS`` compiled steps of each epoch (loading included)."""
 
     def record(self, epoch: int, seconds: float) -> None:
         steps = self.steps.setdefault(epoch, [])
@@ -176,7 +177,7 @@ class TrainingCompiler:
     """What a fit does about ``model.compile``: decide, compile, time, forget at the end.
 
     The module owns one and delegates: ``backbone`` picks the callable for a training
-    forward, the step hooks time steps and run ``auto``'s trial."""
+    forward, ``step_start`` times steps and runs ``auto``'s trial."""
 
     def __init__(self, mode: bool | str) -> None:
         self.mode = mode
@@ -185,7 +186,8 @@ class TrainingCompiler:
         self.compiled: dict[str, nn.Module] = {}
         self.clock = CompileClock()
         self.trial: CompileTrial | None = None
-        self._started = 0.0
+        self._last = 0.0
+        self._last_compiled = False
 
     def backbone(self, eager: nn.Module) -> nn.Module:
         return self.compiled.get("backbone", eager)
@@ -197,17 +199,23 @@ class TrainingCompiler:
             self.compiled["backbone"] = compile_backbone(backbone)
         return decision
 
-    def step_start(self, backbone: nn.Module) -> None:
+    def step_start(self, backbone: nn.Module, epoch: int, batch_idx: int) -> bool | None:
+        """Time the step that just ended, from its start to this one's (waiting for the
+        loader included: a compiled step that starves the loader workers of CPU is no faster);
+        compile where ``auto``'s trial says so. Returns the trial's local verdict the step
+        it ends, else None."""
+        now, verdict = time.perf_counter(), None
+        if batch_idx > 0:
+            seconds = now - self._last
+            if self._last_compiled:
+                self.clock.record(epoch, seconds)
+            if self.trial is not None:
+                verdict = self.trial.record(seconds)
+        self._last = now
         if self.trial is not None and self.trial.compile_now:
             self.compiled["backbone"] = compile_backbone(backbone)
-        self._started = time.perf_counter()
-
-    def step_end(self, epoch: int) -> bool | None:
-        """Time the step; ``auto``'s local verdict when its trial has just ended, else None."""
-        seconds = time.perf_counter() - self._started
-        if self.compiled:
-            self.clock.record(epoch, seconds)
-        return self.trial.record(seconds) if self.trial is not None else None
+        self._last_compiled = bool(self.compiled)
+        return verdict
 
     def settle(self, keep: bool) -> str:
         """Apply ``auto``'s verdict (rank 0's under DDP); the line to log."""

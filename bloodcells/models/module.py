@@ -245,10 +245,7 @@ class CellClassifier(pl.LightningModule):
             log.info("%s", decision.reason)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        self.compiler.step_start(self.backbone)
-
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        keep = self.compiler.step_end(self.current_epoch)
+        keep = self.compiler.step_start(self.backbone, self.current_epoch, batch_idx)
         if keep is not None:  # auto's trial has ended: rank 0's measurement decides for all
             line = self.compiler.settle(bool(self.trainer.strategy.broadcast(keep, src=0)))
             if self.trainer.is_global_zero:
