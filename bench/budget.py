@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -86,7 +87,16 @@ def run_one(minutes: float, overrides: list[str], cache: Path) -> dict:
         "best_checkpoint": Path(summary["best_checkpoint"]).name,
         "budget_log": epochs[0].split(" - ", 1)[-1] if epochs else "",
         "run_dir": str(run_dir),
+        "machine": f"{cpu_name()}, {os.cpu_count()} cores",
     }
+
+
+def cpu_name() -> str:
+    """The CPU model (rows from different machines are not one curve)."""
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown CPU"
 
 
 def plot(results: list[dict], path: Path) -> None:
@@ -94,15 +104,19 @@ def plot(results: list[dict], path: Path) -> None:
 
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
-    curve = sorted((r for r in results if not r["overrides"]), key=lambda r: r["minutes"])
+    curve = sorted((r for r in results if not r["overrides"] and "machine" not in r), key=lambda r: r["minutes"])
     if curve:
         fit = [r["train_min"] for r in curve]
         ax.plot(fit, [100 * r["plain_accuracy"] for r in curve], "o-", label="default recipe")
         ax.plot(fit, [100 * r["tta_accuracy"] for r in curve], "s--", label="default recipe + dihedral TTA")
     for r in results:
-        if r["overrides"]:
+        if r["overrides"] or "machine" in r:
+            where = f", {r['machine']}" if "machine" in r else ""
             (point,) = ax.plot(
-                r["train_min"], 100 * r["plain_accuracy"], "^", label=f"{r['overrides']} (plain; TTA hollow)"
+                r["train_min"],
+                100 * r["plain_accuracy"],
+                "^",
+                label=f"{r['overrides'] or 'default'}{where} (plain; TTA hollow)",
             )
             ax.plot(r["train_min"], 100 * r["tta_accuracy"], "^", mfc="none", color=point.get_color())
     ax.axhline(98.8, color="grey", lw=0.8, ls=":")
@@ -132,9 +146,6 @@ def main() -> None:
             with open(results_file, "a") as f:
                 f.write(json.dumps(row) + "\n")
     results = [json.loads(line) for line in results_file.read_text().splitlines() if line.strip()]
-    for row in results:  # rows written before train_min existed
-        if row.get("train_min") is None and Path(row["run_dir"], "train.log").is_file():
-            row["train_min"] = training_minutes(Path(row["run_dir"]))
     plot(results, FIGURES / "budget.png")
     emit({"bench": "budget", "results": results})
 

@@ -238,8 +238,11 @@ class CellClassifier(pl.LightningModule):
 
     def _set_up_compile(self) -> None:
         """Decide ``model.compile`` for this fit (after a resume too) and log why."""
-        steps_per_epoch = math.ceil(self.trainer.num_training_batches / self.trainer.accumulate_grad_batches)
-        planned = steps_per_epoch * max(self.trainer.max_epochs or 1, 1)
+        batches, epochs = self.trainer.num_training_batches, self.trainer.max_epochs
+        if math.isfinite(batches) and epochs is not None and epochs >= 0:
+            planned = math.ceil(batches / self.trainer.accumulate_grad_batches) * epochs
+        else:  # an unsized loader or no epoch limit: as long as it takes
+            planned = math.inf
         decision = self.compiler.start(self.backbone, self.device.type, planned)
         if self.trainer.is_global_zero:
             log.info("%s", decision.reason)

@@ -95,9 +95,11 @@ class GraphCount(pl.Callback):
 def test_the_compiled_step_computes_the_eager_loss_and_gradients(train_cfg):
     """Same batch, same weights, train mode: the compiled forward and backward agree with the
     eager ones to float reassociation (inductor fuses and reorders sums)."""
-    model = build_model(train_cfg("model.compile=true", "model.drop_rate=0")).train()  # no dropout draws
-    images = torch.randint(0, 256, (8, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    targets = torch.arange(8) % len(model.class_names)
+    cfg = train_cfg("model.compile=true", "model.drop_rate=0")  # no dropout draws to differ
+    model = build_model(cfg).train()
+    n, size = cfg.data.batch_size, cfg.data.image_size  # a training batch's shape: the graph the fits compile
+    images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    targets = torch.arange(n) % len(model.class_names)
 
     def loss_and_grads() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         model.zero_grad()
