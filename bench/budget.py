@@ -21,15 +21,11 @@ import argparse
 import csv
 import json
 import os
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-from common import emit, pbc96_cache
+from common import emit, pbc96_cache, run_train
 
-ROOT = Path(__file__).resolve().parents[1]
 FIGURES = Path(__file__).resolve().parent / "figures"
 
 
@@ -49,24 +45,7 @@ def training_minutes(run_dir: Path) -> float | None:
 
 def run_one(minutes: float, overrides: list[str], cache: Path) -> dict:
     run_dir = Path(tempfile.mkdtemp(prefix=f"budget-{minutes:g}min-"))
-    command = [
-        sys.executable,
-        "-m",
-        "bloodcells.train",
-        "data=npz",
-        f"data.reader.path={cache}",
-        f"callbacks.time_budget.minutes={minutes:g}",
-        "trainer.enable_progress_bar=false",
-        f"hydra.run.dir={run_dir}",
-        *overrides,
-    ]
-    print("$ " + " ".join(command[1:]), flush=True)
-    start = time.perf_counter()
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    log = done.stdout + done.stderr
-    if done.returncode != 0:
-        raise SystemExit(f"run failed ({done.returncode}):\n{log[-3000:]}")
+    log, wall = run_train(cache, run_dir, [f"callbacks.time_budget.minutes={minutes:g}", *overrides])
     summary = json.loads((run_dir / "summary.json").read_text())
     with open(run_dir / "comparison.csv") as f:
         rows = {row["variant"].split(" ")[0]: row for row in csv.DictReader(f)}

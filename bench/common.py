@@ -37,3 +37,30 @@ def pbc96_cache(root: Path | None = None) -> Path:
         data = read_folder(root or Path(__file__).resolve().parents[2] / "shared/data/pbc96/train")
         np.savez(cache, images=data.images, labels=data.labels)
     return cache
+
+
+def run_train(cache: Path, run_dir: Path, overrides: list[str]) -> tuple[str, float]:
+    """``python -m bloodcells.train`` on the pbc96 cache into ``run_dir``, one run at a time
+    (two trainings on 2 cores distort each other): its console output and wall seconds; a
+    failed run ends the bench with its output's tail."""
+    import subprocess
+    import time
+
+    command = [
+        sys.executable,
+        "-m",
+        "bloodcells.train",
+        "data=npz",
+        f"data.reader.path={cache}",
+        "trainer.enable_progress_bar=false",
+        f"hydra.run.dir={run_dir}",
+        *overrides,
+    ]
+    print("$ " + " ".join(command[1:]), flush=True)
+    start = time.perf_counter()
+    done = subprocess.run(command, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    log = done.stdout + done.stderr
+    if done.returncode != 0:
+        raise SystemExit(f"run failed ({done.returncode}):\n{log[-3000:]}")
+    return log, wall

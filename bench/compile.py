@@ -20,45 +20,25 @@ import argparse
 import json
 import re
 import statistics
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 from budget import training_minutes
-from common import emit, pbc96_cache
+from common import emit, pbc96_cache, run_train
 
-ROOT = Path(__file__).resolve().parents[1]
 EPOCH = re.compile(r"\] - epoch (\d+)/\d+ .* (\d+) s$")
 COMPILED = re.compile(r"torch\.compile: epoch (\d+) spent (\d+) s compiling")
 
 
 def run_one(overrides: list[str], epochs: int, minutes: float | None, cache: Path) -> dict:
     run_dir = Path(tempfile.mkdtemp(prefix="compile-"))
-    command = [
-        sys.executable,
-        "-m",
-        "bloodcells.train",
-        "data=npz",
-        f"data.reader.path={cache}",
-        *(
-            [f"trainer.max_epochs={epochs}", "callbacks.time_budget=null"]
-            if minutes is None
-            else [f"callbacks.time_budget.minutes={minutes:g}"]  # trainer.max_epochs: the config's cap
-        ),
-        "callbacks.early_stopping=null",
-        "callbacks.tta_ensemble=null",
-        "trainer.enable_progress_bar=false",
-        f"hydra.run.dir={run_dir}",
-        *overrides,
-    ]
-    print("$ " + " ".join(command[1:]), flush=True)
-    start = time.perf_counter()
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    if done.returncode != 0:
-        raise SystemExit(f"run failed ({done.returncode}):\n{(done.stdout + done.stderr)[-3000:]}")
+    length = (
+        [f"trainer.max_epochs={epochs}", "callbacks.time_budget=null"]
+        if minutes is None
+        else [f"callbacks.time_budget.minutes={minutes:g}"]  # trainer.max_epochs: the config's cap
+    )
+    no_extras = ["callbacks.early_stopping=null", "callbacks.tta_ensemble=null"]
+    _, wall = run_train(cache, run_dir, [*length, *no_extras, *overrides])
     lines = (run_dir / "train.log").read_text().splitlines()
     seconds = [int(m.group(2)) for m in map(EPOCH.search, lines) if m]
     compiling = {int(m.group(1)): int(m.group(2)) for m in map(COMPILED.search, lines) if m}

@@ -193,3 +193,18 @@ class WritesAFile:
 
     def __reduce__(self):
         return builtins.open, (str(self.marker), "w")
+
+
+def fit_with(cfg, *callbacks):
+    """Build the config's datamodule, model and trainer like the CLI, add ``callbacks``, fit;
+    the fitted model."""
+    import lightning.pytorch as pl
+
+    from bloodcells.runs.build import build_datamodule, build_model, build_trainer
+
+    pl.seed_everything(cfg.seed, workers=True)
+    datamodule, model = build_datamodule(cfg), build_model(cfg)
+    trainer = build_trainer(cfg)
+    trainer.callbacks.extend(callbacks)
+    trainer.fit(model, datamodule=datamodule)
+    return model

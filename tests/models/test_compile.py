@@ -21,12 +21,10 @@ from bloodcells.models.compiled import (
     decide_compile,
     inductor_missing,
 )
-from bloodcells.runs.build import build_datamodule, build_model, build_trainer
-from tests.callbacks.test_cpu_budget import FAST as BUDGET_FAST
-from tests.callbacks.test_cpu_budget import FakeClock
-from tests.helpers import compose_config
+from bloodcells.runs.build import build_model
+from tests.callbacks.test_cpu_budget import FAST, FakeClock
+from tests.helpers import compose_config, fit_with
 
-FAST = ["model=tiny", "data.num_workers=0", "trainer.enable_progress_bar=false", "callbacks=none"]
 needs_inductor = pytest.mark.skipif(inductor_missing("cpu") is not None, reason=f"{inductor_missing('cpu')}")
 
 
@@ -69,15 +67,6 @@ def test_the_trial_keeps_compiled_only_when_measured_faster(eager_s, compiled_s,
 def test_compile_is_true_false_or_auto(train_cfg):
     with pytest.raises(ConfigError, match=r"compile='sometimes': not allowed, expected true, false or auto"):
         build_model(train_cfg("model.compile=sometimes"))
-
-
-def fit(cfg, *callbacks: pl.Callback):
-    pl.seed_everything(cfg.seed, workers=True)
-    datamodule, model = build_datamodule(cfg), build_model(cfg)
-    trainer = build_trainer(cfg)
-    trainer.callbacks.extend(callbacks)
-    trainer.fit(model, datamodule=datamodule)
-    return model
 
 
 class GraphCount(pl.Callback):
@@ -128,13 +117,13 @@ def test_the_budget_bills_compiling_once_not_to_every_epoch(tmp_path, monkeypatc
             module.compiler.clock.seconds = lambda epoch: 60.0 if epoch == 0 else 0.0
 
     overrides = [
-        *BUDGET_FAST,
+        *FAST,
         "trainer.max_epochs=10",
         "callbacks.time_budget.minutes=5",
         "callbacks.early_stopping=null",
     ]
     cfg = compose_config("train", overrides, tmp_path)
-    model = fit(cfg, CompiledFor60s(), clock)
+    model = fit_with(cfg, CompiledFor60s(), clock)
     budget = next(c for c in model.trainer.callbacks if isinstance(c, TimeBudget))
     assert budget.epochs == 6 and model.trainer.current_epoch == 6
 
@@ -175,7 +164,7 @@ def test_auto_measures_then_keeps_compiled_steps_for_the_rest_of_the_fit(train_c
         "callbacks.early_stopping=null",
         "callbacks.time_budget=null",
     )
-    model = fit(cfg, Capture())
+    model = fit_with(cfg, Capture())
     assert model.compiler.measured is True
     compiled_epochs = sorted(model.compiler.clock.steps)  # epochs with timed compiled steps
     assert compiled_epochs and compiled_epochs == list(range(compiled_epochs[0], 5))

@@ -14,7 +14,7 @@ from bloodcells.models.finetune import FinetuneSchedule, Stage
 from bloodcells.runs.build import build_datamodule, build_model, build_trainer
 from bloodcells.runs.evaluate import evaluate
 from bloodcells.runs.train import resolve_resume
-from tests.helpers import compose_config, run_train_cli
+from tests.helpers import compose_config, fit_with, run_train_cli
 from tests.models.test_compile import GraphCount, needs_inductor
 
 STAGED = [
@@ -41,15 +41,6 @@ class Recorder(pl.Callback):
 
     def on_train_epoch_end(self, trainer, module) -> None:
         self.states.append({k: v.clone() for k, v in module.state_dict().items()})
-
-
-def fit_with(cfg, *callbacks: pl.Callback):
-    pl.seed_everything(cfg.seed, workers=True)
-    datamodule, model = build_datamodule(cfg), build_model(cfg)
-    trainer = build_trainer(cfg)
-    trainer.callbacks.extend(callbacks)
-    trainer.fit(model, datamodule=datamodule)
-    return model
 
 
 def changed(before: dict, after: dict, prefix: str) -> set[str]:
