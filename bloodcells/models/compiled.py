@@ -183,20 +183,21 @@ class TrainingCompiler:
         self.mode = mode
         self.measured: bool | None = None
         """``auto``'s verdict once measured (kept in the checkpoint for a resume)."""
-        self.compiled: dict[str, nn.Module] = {}
+        self.compiled: nn.Module | None = None
+        """The compiled backbone while this fit uses it."""
         self.clock = CompileClock()
         self.trial: CompileTrial | None = None
         self._last = 0.0
         self._last_compiled = False
 
     def backbone(self, eager: nn.Module) -> nn.Module:
-        return self.compiled.get("backbone", eager)
+        return self.compiled if self.compiled is not None else eager
 
     def start(self, backbone: nn.Module, device_type: str, planned_steps: float) -> CompileDecision:
         decision = decide_compile(self.mode, device_type, planned_steps, self.measured)
         self.trial = CompileTrial() if decision.trial else None
         if decision.enabled:
-            self.compiled["backbone"] = compile_backbone(backbone)
+            self.compiled = compile_backbone(backbone)
         return decision
 
     def step_start(self, backbone: nn.Module, epoch: int, batch_idx: int) -> bool | None:
@@ -213,8 +214,8 @@ class TrainingCompiler:
                 verdict = self.trial.record(seconds)
         self._last = now
         if self.trial is not None and self.trial.compile_now:
-            self.compiled["backbone"] = compile_backbone(backbone)
-        self._last_compiled = bool(self.compiled)
+            self.compiled = compile_backbone(backbone)
+        self._last_compiled = self.compiled is not None
         return verdict
 
     def settle(self, keep: bool) -> str:
@@ -222,11 +223,11 @@ class TrainingCompiler:
         summary = self.trial.summary() if self.trial else ""
         self.trial, self.measured = None, keep
         if not keep:
-            self.compiled.clear()
+            self.compiled = None
         return f"model.compile=auto: {'on' if keep else 'off'}, measured {summary}"
 
     def stop(self) -> None:
-        self.compiled.clear()
+        self.compiled = None
         self.trial = None
 
     def state(self) -> dict[str, Any]:

@@ -58,9 +58,9 @@ def test_the_trial_keeps_compiled_only_when_measured_faster(eager_s, compiled_s,
         verdicts.append(trial.record(seconds))
     assert verdicts[:-1] == [None] * (len(timings) - 1) and verdicts[-1] is keep
     compiler = TrainingCompiler("auto")
-    compiler.trial, compiler.compiled["backbone"] = trial, torch.nn.Identity()
+    compiler.trial, compiler.compiled = trial, torch.nn.Identity()
     line = compiler.settle(keep)
-    assert compiler.measured is keep and bool(compiler.compiled) is keep and compiler.trial is None
+    assert compiler.measured is keep and (compiler.compiled is not None) is keep and compiler.trial is None
     assert line.startswith(f"model.compile=auto: {'on' if keep else 'off'}, measured eager {eager_s:.3f} s/step")
 
 
@@ -99,7 +99,7 @@ def test_the_compiled_step_computes_the_eager_loss_and_gradients(train_cfg):
 
     start = {k: v.clone() for k, v in model.backbone.state_dict().items()}
     eager_loss, eager_grads = loss_and_grads()
-    model.compiler.compiled["backbone"] = compiled.compile_backbone(model.backbone)
+    model.compiler.compiled = compiled.compile_backbone(model.backbone)
     compiled_loss, compiled_grads = loss_and_grads()
     torch.testing.assert_close(compiled_loss, eager_loss, rtol=1e-5, atol=1e-6)
     for name, grad in eager_grads.items():
@@ -137,7 +137,7 @@ class SteppedClock:
         self.compiler = None
 
     def perf_counter(self) -> float:
-        self.now += self.compiled_s if self.compiler.compiled else self.eager_s
+        self.now += self.compiled_s if self.compiler.compiled is not None else self.eager_s
         return self.now
 
 
