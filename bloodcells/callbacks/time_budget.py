@@ -1,22 +1,37 @@
-"""Fit the number of epochs, and the LR schedule with it, to a wall-clock budget.
+"""Fit the length of training, and the LR schedule with it, to a wall-clock budget.
 
 Lightning's ``max_time`` stops training wherever the clock runs out, with the cosine decay
 cut off mid-way at a high learning rate. This callback instead times the first epoch
-(validation included) and sets ``max_epochs`` to the whole epochs that fit in the budget
-(never more than the configured ``trainer.max_epochs``), so the schedule runs to its end.
-The LR of the first epoch followed the configured ``max_epochs``; from then on the cosine
-follows the fitted count (a jump of well under 1% of the LR for counts above 5).
+(validation included) and fits the run to what is left, so the schedule runs to its end at
+the deadline. Two ways to stop (``stop``):
+
+- ``step`` (the default): the run may end inside an epoch. After every epoch the callback
+  re-times one training step and one validation and fits the optimizer step at which the
+  run stops, and the cosine's end with it, into what is left of the budget (the last,
+  partial epoch is validated and checkpointed like any other). A slower machine gets fewer
+  steps of the same schedule, not whole epochs fewer of a longer one; the idle tail that
+  whole epochs leave (up to one epoch) is trained, and epochs that slow down as the run goes
+  on are caught before they overrun.
+- ``epoch``: whole epochs, decided once on the first epoch: ``max_epochs`` becomes the whole
+  epochs that fit (a run can end up to one epoch short of the budget, or over it when later
+  epochs are slower than the first).
+
+Either way never more than the configured ``trainer.max_epochs``. The LR of the first epoch
+followed the configured ``max_epochs``; from then on the cosine follows the fitted length (a
+jump of well under 1% of the LR for lengths above 5 epochs; the later re-fits of ``step``
+move the end by a few steps). ``steps`` instead of ``minutes`` fixes the stopping step
+without a clock: the same schedule on any machine, and the way to repeat a clocked run.
 
 Staged fine-tuning changes the cost of an epoch (a frozen backbone needs no backward pass
-through it: 36 s against 73 s for lite0 on 2 cores), so the first epoch of every later
-stage is timed too and the remaining epochs are re-fitted to what is left of the budget.
+through it: 36 s against 73 s for lite0 on 2 cores), so ``epoch`` also re-times the first
+epoch of every later stage (``step`` re-times every epoch anyway).
 
 With ``model.compile`` the first epoch of a stage also holds the compile; the seconds it
 spent compiling (``models.compiled.CompileClock``) are spent from the budget but left out
 of what each later epoch is expected to cost.
 
-The decision is logged with the overrides that repeat it without the clock, travels in
-the checkpoint (a resumed run keeps it), and under DDP rank 0 decides for every rank.
+The decision is logged with the override that repeats it without the clock, travels in the
+checkpoint (a resumed run keeps it), and under DDP rank 0 decides for every rank.
 """
 
 from __future__ import annotations
@@ -32,15 +47,30 @@ from bloodcells.models.schedulers import StagedLR
 
 log = logging.getLogger("bloodcells.train")
 
+STOPS = ("step", "epoch")
+
 
 class TimeBudget(pl.Callback):
-    def __init__(self, minutes: float) -> None:
-        if isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or not minutes > 0:
+    def __init__(self, minutes: float | None = None, stop: str = "step", steps: int | None = None) -> None:
+        if (minutes is None) == (steps is None):
+            raise ConfigError(
+                "callbacks.time_budget: set exactly one of minutes (a clock) and steps (a fixed stopping step)"
+            )
+        if minutes is not None and (isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or minutes <= 0):
             raise ConfigError(f"callbacks.time_budget.minutes={minutes!r} must be a positive number of minutes")
-        self.minutes = float(minutes)
-        self.epochs: int | None = None
-        """The fitted epoch count, once decided (restored on resume)."""
-        self.start = self.epoch_start = 0.0
+        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+            raise ConfigError(f"callbacks.time_budget.steps={steps!r} must be a positive whole number of steps")
+        if stop not in STOPS:
+            raise ConfigError(f"callbacks.time_budget.stop={stop!r} is not allowed; choose one of {STOPS}")
+        self.minutes = None if minutes is None else float(minutes)
+        self.stop = stop
+        self.stop_step: int | None = steps
+        """The optimizer step at which training stops (``stop=step``), once decided."""
+        self.epochs: float | None = None
+        """The fitted length in epochs (fractional with ``stop=step``), once decided (restored on resume)."""
+        self.start = self.epoch_start = self.validation_start = 0.0
+        self.validation_seconds = 0.0
+        """The last validation's duration (not the sanity check's)."""
         self.spent = 0.0
         """Seconds of the budget used before a resume (restored from the checkpoint)."""
 
@@ -49,7 +79,10 @@ class TimeBudget(pl.Callback):
         self.epoch_start = self.start
 
     def on_train_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        if self.epochs is not None:  # resumed: the decision was taken in the first run
+        if self.minutes is None and self.epochs is None:  # a fixed step count: no clock to wait for
+            self.fit_to_steps(trainer, self.stop_step)
+            log.info("step budget: training stops at step %d (%.2f epochs)", self.stop_step, self.epochs)
+        elif self.epochs is not None:  # resumed: the decision was taken in the first run
             self.start = self.epoch_start = time.perf_counter() - self.spent  # some strategies restore late
             self.apply(trainer, self.epochs)
 
@@ -57,47 +90,119 @@ class TimeBudget(pl.Callback):
         if trainer.current_epoch > 0:  # the first epoch is timed from the fit's start (setup included)
             self.epoch_start = time.perf_counter()
 
+    def on_validation_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        self.validation_start = time.perf_counter()
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self.validation_seconds = time.perf_counter() - self.validation_start
+
+    def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, *args: object) -> None:
+        if self.stop_step is not None and trainer.global_step >= self.stop_step:
+            trainer.should_stop = True  # Lightning validates the partial epoch before it stops
+
     def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        """After the first epoch (and its validation), and after the first epoch of each later
-        fine-tuning stage: fit the remaining epochs into what is left of the budget."""
+        """Fit what is left of the run into what is left of the budget: after every epoch
+        (``stop=step``), or after the first epoch and the first of each later fine-tuning
+        stage (``stop=epoch``)."""
         cap, epoch = trainer.max_epochs, trainer.current_epoch
-        if cap is None or cap < 1 or not (self.epochs is None or epoch in stage_starts(trainer)):
+        if self.minutes is None or trainer.should_stop or cap is None or cap < 1:
+            return
+        first = self.epochs is None
+        if self.stop == "epoch" and not (first or epoch in stage_starts(trainer)):
             return
         now = time.perf_counter()
         compiling = compile_seconds(module, epoch)
         seconds, left = now - self.epoch_start - compiling, self.minutes * 60 - (now - self.start)
-        fitted = max(epoch + 1, min(cap, epoch + 1 + math.floor(left / seconds)))
-        first = self.epochs is None
-        self.epochs = int(trainer.strategy.broadcast(fitted, src=0))
-        self.apply(trainer, self.epochs)
+        steps_per_epoch = epoch_steps(trainer)
+        if self.stop == "epoch" or steps_per_epoch is None:
+            more: float = math.floor(max(0.0, left) / seconds)
+        else:
+            validation = min(self.validation_seconds, seconds)
+            more = epochs_that_fit(left, seconds - validation, validation, steps_per_epoch)
+        fitted = max(epoch + 1, min(cap, epoch + 1 + more))
+        fitted = float(trainer.strategy.broadcast(fitted, src=0))
+        before = self.epochs
+        if self.stop == "epoch" or steps_per_epoch is None:
+            self.epochs = int(fitted)
+            self.apply(trainer, self.epochs)
+        else:
+            self.fit_to_steps(trainer, round(fitted * steps_per_epoch))
+        if not (first or epoch in stage_starts(trainer) or abs(self.epochs - before) * (steps_per_epoch or 1) >= 1):
+            return
         why = "trainer.max_epochs" if self.epochs == cap else f"the {self.minutes:g}-minute budget"
+        repeat = (
+            f"callbacks.time_budget.minutes=null callbacks.time_budget.steps={self.stop_step}"
+            if self.stop_step is not None
+            else f"trainer.max_epochs={self.epochs} callbacks.time_budget=null"
+        )
         log.info(
-            "time budget %g min: %s took %.0f s%s -> %d epochs (limited by %s). "
-            "To repeat this run without the clock: trainer.max_epochs=%d callbacks.time_budget=null",
+            "time budget %g min: %s took %.0f s%s%s -> %s (limited by %s). To repeat this run without the clock: %s",
             self.minutes,
-            "the first epoch" if first else f"epoch {epoch + 1} (the first of a new fine-tuning stage)",
+            "the first epoch"
+            if first
+            else f"epoch {epoch + 1}"
+            + (" (the first of a new fine-tuning stage)" if epoch in stage_starts(trainer) else ""),
             seconds,
             f" + {compiling:.0f} s compiling" if compiling else "",
-            self.epochs,
+            f" ({self.validation_seconds:.0f} s of it validating)" if self.stop == "step" else "",
+            f"{self.epochs:g} epochs"
+            if self.stop_step is None
+            else f"{self.epochs:.2f} epochs, stopping at step {self.stop_step}",
             why,
-            self.epochs,
+            repeat,
         )
-        if first and self.epochs == 1 and cap > 1:
-            log.warning("time budget %g min: one epoch takes %.0f s, so only 1 epoch fits", self.minutes, seconds)
+        if first and self.epochs < 2 and cap > 1:
+            log.warning(
+                "time budget %g min: one epoch takes %.0f s, so only %g epochs fit", self.minutes, seconds, self.epochs
+            )
+
+    def fit_to_steps(self, trainer: pl.Trainer, stop_step: int) -> None:
+        """Stop at ``stop_step`` and end the cosine there; whole epochs where the loader has no length."""
+        steps_per_epoch = epoch_steps(trainer)
+        if steps_per_epoch is None:
+            raise ConfigError("callbacks.time_budget.steps needs a training loader with a length")
+        self.stop_step = max(1, int(stop_step))
+        self.epochs = self.stop_step / steps_per_epoch
+        self.apply(trainer, self.epochs)
 
     @staticmethod
-    def apply(trainer: pl.Trainer, epochs: int) -> None:
-        trainer.fit_loop.max_epochs = epochs
+    def apply(trainer: pl.Trainer, epochs: float) -> None:
+        trainer.fit_loop.max_epochs = math.ceil(epochs)
         for config in trainer.lr_scheduler_configs:
             if isinstance(config.scheduler, StagedLR):
                 config.scheduler.max_epochs = epochs
 
     def state_dict(self) -> dict:
-        return {"minutes": self.minutes, "epochs": self.epochs, "spent": time.perf_counter() - self.start}
+        return {
+            "minutes": self.minutes,
+            "epochs": self.epochs,
+            "stop_step": self.stop_step,
+            "spent": time.perf_counter() - self.start,
+        }
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.epochs = state_dict.get("epochs")
+        self.stop_step = state_dict.get("stop_step", self.stop_step)
         self.spent = state_dict.get("spent", 0.0)
+
+
+def epochs_that_fit(left: float, train_seconds: float, validation_seconds: float, steps_per_epoch: int) -> float:
+    """The most epochs, in whole steps, whose training plus one validation per epoch begun
+    fits in ``left`` seconds: ``r * train + ceil(r) * validation <= left``."""
+    if left <= 0 or train_seconds <= 0:
+        return 0.0
+    whole = math.floor(left / (train_seconds + validation_seconds))
+    # whole epochs fit; a part of one more fits if its validation leaves time to train
+    part = (left - whole * (train_seconds + validation_seconds) - validation_seconds) / train_seconds
+    more = whole + max(0.0, min(1.0, part))
+    return math.floor(more * steps_per_epoch) / steps_per_epoch
+
+
+def epoch_steps(trainer: pl.Trainer) -> int | None:
+    """Optimizer steps per epoch; ``None`` for an unsized loader."""
+    batches = trainer.num_training_batches
+    return math.ceil(batches / trainer.accumulate_grad_batches) if math.isfinite(batches) else None
 
 
 def stage_starts(trainer: pl.Trainer) -> set[int]:

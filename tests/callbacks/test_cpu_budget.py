@@ -1,5 +1,6 @@
-"""Accuracy per CPU-minute: the time budget fits whole epochs and the cosine to the clock,
-the cosine steps every batch, channels_last changes the layout and not the numbers."""
+"""Accuracy per CPU-minute: the time budget fits the run (whole epochs, or steps stopping
+inside an epoch) and the cosine to the clock, the cosine steps every batch, channels_last
+changes the layout and not the numbers."""
 
 from __future__ import annotations
 
@@ -57,15 +58,14 @@ def fit(cfg, *callbacks):
     return trainer, model
 
 
-def test_time_budget_fits_whole_epochs_and_the_cosine_to_the_budget(tmp_path, monkeypatch):
-    # the first epoch "takes" 100 s: a 5-minute budget holds 3 of the 10 epochs allowed
+@pytest.mark.parametrize("stop", ["epoch", "step"])
+def test_time_budget_fits_whole_epochs_and_the_cosine_to_the_budget(tmp_path, monkeypatch, stop):
+    # the first epoch "takes" 100 s: a 5-minute budget holds 3 of the 10 epochs allowed (and
+    # no part of a fourth: with stop=step too)
     clock = FakeClock(100.0)
     monkeypatch.setattr(time_budget, "time", clock)
-    cfg = compose_config(
-        "train",
-        [*FAST, "trainer.max_epochs=10", "callbacks.time_budget.minutes=5", "callbacks.early_stopping=null"],
-        tmp_path,
-    )
+    overrides = ["trainer.max_epochs=10", "callbacks.time_budget.minutes=5", f"callbacks.time_budget.stop={stop}"]
+    cfg = compose_config("train", [*FAST, *overrides, "callbacks.early_stopping=null"], tmp_path)
     recorder = StepLRs()
     trainer, _ = fit(cfg, recorder, clock)
     assert trainer.current_epoch == 3 and len(recorder.lrs) == 3
@@ -116,10 +116,105 @@ def test_time_budget_refits_when_unfreezing_makes_epochs_slower(tmp_path, monkey
     assert trainer.lr_scheduler_configs[0].scheduler.max_epochs == 4
 
 
+class StepClock(pl.Callback):
+    """``perf_counter`` that moves only where work happens: every training step takes
+    ``step_s[epoch]`` (the last value for later epochs), every validation ``validation_s``
+    (the sanity check none); it also counts validations and remembers the epoch length."""
+
+    def __init__(self, step_s: list[float], validation_s: float) -> None:
+        self.now, self.step_s, self.validation_s = 0.0, step_s, validation_s
+        self.validations, self.steps_per_epoch = 0, 0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        self.steps_per_epoch = trainer.num_training_batches
+        self.now += self.step_s[min(trainer.current_epoch, len(self.step_s) - 1)]
+
+    def on_validation_epoch_start(self, trainer, module) -> None:
+        if not trainer.sanity_checking:
+            self.now += self.validation_s
+            self.validations += 1
+
+
+def most_steps_within(budget_s: float, steps_per_epoch: int, step_s: float, validation_s: float) -> int:
+    """By enumeration: the most steps k with k steps plus one validation per epoch begun in budget."""
+    k = 0
+    while (k + 1) * step_s + math.ceil((k + 1) / steps_per_epoch) * validation_s <= budget_s:
+        k += 1
+    return k
+
+
+def test_step_budget_stops_inside_an_epoch_at_the_deadline_with_the_cosine_ended(tmp_path, monkeypatch):
+    # steps of 2.5 s, validations of 6 s, 2 minutes: whole epochs would leave most of an
+    # epoch idle; stop=step trains into it, validates the partial epoch and stops in budget
+    clock = StepClock([2.5], validation_s=6.0)
+    monkeypatch.setattr(time_budget, "time", clock)
+    overrides = ["trainer.max_epochs=30", "callbacks.time_budget.minutes=2", "callbacks.early_stopping=null"]
+    cfg = compose_config("train", [*FAST, *overrides], tmp_path)
+    recorder = StepLRs()
+    trainer, _ = fit(cfg, recorder, clock)
+    per_epoch = clock.steps_per_epoch
+    expected = most_steps_within(120.0, per_epoch, 2.5, 6.0)
+    assert expected % per_epoch != 0  # the numbers make the deadline fall inside an epoch
+    assert trainer.global_step == expected and clock.now <= 120.0
+    assert clock.validations == math.ceil(expected / per_epoch)  # the partial epoch was validated
+    budget = next(c for c in trainer.callbacks if isinstance(c, TimeBudget))
+    assert budget.stop_step == expected and budget.epochs == pytest.approx(expected / per_epoch)
+    lr, floor = cfg.optim.lr, cfg.sched.min_factor
+    t_last = (expected - 1) / expected  # the cosine ends at the stopping step, not at an epoch's end
+    assert recorder.lrs[-1][-1] == pytest.approx(lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t_last))))
+    # the partial epoch's checkpoint is the last one, and the decision travels in it
+    saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert saved["global_step"] == expected
+    assert any(s.get("stop_step") == expected for key, s in saved["callbacks"].items() if "TimeBudget" in key)
+
+
+@pytest.mark.parametrize("stop", ["epoch", "step"])
+def test_epochs_that_slow_down_overrun_whole_epochs_but_not_the_step_budget(tmp_path, monkeypatch, stop):
+    # the first epoch's steps take 1 s, later ones 2 s (a machine that heats up, a busy
+    # neighbour): timed once, whole epochs overrun; re-fitted every epoch, steps do not
+    clock = StepClock([1.0, 2.0], validation_s=2.0)
+    monkeypatch.setattr(time_budget, "time", clock)
+    overrides = ["trainer.max_epochs=30", "callbacks.time_budget.minutes=1.5", f"callbacks.time_budget.stop={stop}"]
+    cfg = compose_config("train", [*FAST, *overrides, "callbacks.early_stopping=null"], tmp_path)
+    trainer, _ = fit(cfg, clock)
+    if stop == "epoch":
+        assert clock.now > 90.0
+    else:
+        assert 90.0 - 2.0 - 2.0 < clock.now <= 90.0  # within one step and one validation of the deadline
+
+
+def test_a_fixed_step_budget_stops_there_without_a_clock(tmp_path):
+    overrides = ["trainer.max_epochs=30", "callbacks.time_budget.minutes=null", "callbacks.time_budget.steps=7"]
+    cfg = compose_config("train", [*FAST, *overrides, "callbacks.early_stopping=null"], tmp_path)
+    recorder = StepLRs()
+    trainer, _ = fit(cfg, recorder)
+    per_epoch = trainer.num_training_batches
+    assert per_epoch not in (1, 7) and 7 % per_epoch != 0
+    assert trainer.global_step == 7 and sum(len(lrs) for lrs in recorder.lrs) == 7
+    assert trainer.lr_scheduler_configs[0].scheduler.max_epochs == pytest.approx(7 / per_epoch)
+
+
 @pytest.mark.parametrize("minutes", [0, -1, "x", True])
 def test_time_budget_rejects_a_bad_budget(minutes):
     with pytest.raises(ConfigError, match="callbacks.time_budget.minutes"):
         TimeBudget(minutes)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"minutes": 5, "steps": 100}, "exactly one of minutes"),
+        ({}, "exactly one of minutes"),
+        ({"steps": 0}, "callbacks.time_budget.steps"),
+        ({"minutes": 5, "stop": "batch"}, "callbacks.time_budget.stop"),
+    ],
+)
+def test_time_budget_rejects_a_bad_stop_or_step_count(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        TimeBudget(**kwargs)
 
 
 def test_cosine_steps_every_batch_and_matches_the_epoch_value_at_each_epoch_start(tmp_path):
