@@ -128,8 +128,8 @@ class TimeBudget(pl.Callback):
             self.apply(trainer, self.epochs)
         else:
             self.fit_to_steps(trainer, round(fitted * steps_per_epoch))
-        if not (first or epoch in stage_starts(trainer) or abs(self.epochs - before) * (steps_per_epoch or 1) >= 1):
-            return
+        if not (first or epoch in stage_starts(trainer) or abs(self.epochs - before) >= 0.01 * self.epochs):
+            return  # the stop moved by a few steps: not worth a line
         why = "trainer.max_epochs" if self.epochs == cap else f"the {self.minutes:g}-minute budget"
         repeat = (
             f"callbacks.time_budget.minutes=null callbacks.time_budget.steps={self.stop_step}"

@@ -5,6 +5,7 @@ and the listing of a class-folder tree. Shared by the readers and the image cach
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -110,7 +111,11 @@ def load_image(path: Path | str, data: BinaryIO | None = None, max_pixels: int |
     ``data``, decode those bytes and name them ``path`` in messages (an upload). An image of
     more than ``max_pixels`` pixels is refused before it is decoded."""
     try:
-        with Image.open(path if data is None else data) as im:
+        with warnings.catch_warnings():
+            if max_pixels is not None:  # the refusal below says it; PIL's warning before it would be noise
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path if data is None else data)
+        with im:
             if max_pixels is not None and im.width * im.height > max_pixels:
                 raise DataError(
                     f"{path}: {im.width}x{im.height} image ({im.width * im.height / 1e6:.0f} megapixels) is larger "

@@ -170,3 +170,17 @@ def test_unlabelled_inputs(tmp_path, make_images):
     assert len(images) == 3 and sources[1] == "x.npz[1]"
     with pytest.raises(DataError, match="file not found"):
         read_unlabelled(tmp_path / "none.png")
+
+
+def test_an_image_over_the_pixel_cap_is_refused_with_one_message_and_no_pil_warning(tmp_path):
+    import warnings
+
+    from bloodcells.data.images import load_image
+
+    huge = tmp_path / "huge.png"
+    Image.new("RGB", (10_000, 10_000), (200, 150, 200)).save(huge)  # 100 MP: over PIL's 89-MP warning line
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(DataError, match="huge.png: 10000x10000 image .* larger than the 40 megapixels"):
+            load_image(huge, max_pixels=40_000_000)
+    assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
