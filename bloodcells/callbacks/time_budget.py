@@ -114,47 +114,53 @@ class TimeBudget(pl.Callback):
         now = time.perf_counter()
         compiling = compile_seconds(module, epoch)
         seconds, left = now - self.epoch_start - compiling, self.minutes * 60 - (now - self.start)
-        steps_per_epoch = epoch_steps(trainer)
-        if self.stop == "epoch" or steps_per_epoch is None:
+        steps_per_epoch = epoch_steps(trainer) if self.stop == "step" else None
+        if steps_per_epoch is None:  # whole epochs
             more: float = math.floor(max(0.0, left) / seconds)
         else:
             validation = min(self.validation_seconds, seconds)
             more = epochs_that_fit(left, seconds - validation, validation, steps_per_epoch)
-        fitted = max(epoch + 1, min(cap, epoch + 1 + more))
-        fitted = float(trainer.strategy.broadcast(fitted, src=0))
+        fitted = float(trainer.strategy.broadcast(max(epoch + 1, min(cap, epoch + 1 + more)), src=0))
         before = self.epochs
-        if self.stop == "epoch" or steps_per_epoch is None:
+        if steps_per_epoch is None:
             self.epochs = int(fitted)
             self.apply(trainer, self.epochs)
         else:
             self.fit_to_steps(trainer, round(fitted * steps_per_epoch))
-        if not (first or epoch in stage_starts(trainer) or abs(self.epochs - before) >= 0.01 * self.epochs):
-            return  # the stop moved by a few steps: not worth a line
+        stage_start = epoch in stage_starts(trainer)
+        if first or stage_start or abs(self.epochs - before) >= 0.01 * self.epochs:  # not for a few steps
+            self.log_decision(epoch, first, stage_start, seconds, compiling, cap)
+
+    def log_decision(
+        self, epoch: int, first: bool, stage_start: bool, seconds: float, compiling: float, cap: int
+    ) -> None:
+        """What was fitted, on what timing, and the override that repeats it without the clock."""
+        timed = "the first epoch" if first else f"epoch {epoch + 1}"
+        if stage_start:
+            timed += " (the first of a new fine-tuning stage)"
+        if compiling:
+            timed += f" took {seconds:.0f} s + {compiling:.0f} s compiling"
+        else:
+            timed += f" took {seconds:.0f} s"
+        if self.stop_step is None:
+            length = f"{self.epochs:g} epochs"
+            repeat = f"trainer.max_epochs={self.epochs:g} callbacks.time_budget=null"
+        else:
+            timed += f" ({self.validation_seconds:.0f} s of it validating)"
+            length = f"{self.epochs:.2f} epochs, stopping at step {self.stop_step}"
+            repeat = f"callbacks.time_budget.minutes=null callbacks.time_budget.steps={self.stop_step}"
         why = "trainer.max_epochs" if self.epochs == cap else f"the {self.minutes:g}-minute budget"
-        repeat = (
-            f"callbacks.time_budget.minutes=null callbacks.time_budget.steps={self.stop_step}"
-            if self.stop_step is not None
-            else f"trainer.max_epochs={self.epochs} callbacks.time_budget=null"
-        )
         log.info(
-            "time budget %g min: %s took %.0f s%s%s -> %s (limited by %s). To repeat this run without the clock: %s",
+            "time budget %g min: %s -> %s (limited by %s). To repeat this run without the clock: %s",
             self.minutes,
-            "the first epoch"
-            if first
-            else f"epoch {epoch + 1}"
-            + (" (the first of a new fine-tuning stage)" if epoch in stage_starts(trainer) else ""),
-            seconds,
-            f" + {compiling:.0f} s compiling" if compiling else "",
-            f" ({self.validation_seconds:.0f} s of it validating)" if self.stop == "step" else "",
-            f"{self.epochs:g} epochs"
-            if self.stop_step is None
-            else f"{self.epochs:.2f} epochs, stopping at step {self.stop_step}",
+            timed,
+            length,
             why,
             repeat,
         )
         if first and self.epochs < 2 and cap > 1:
             log.warning(
-                "time budget %g min: one epoch takes %.0f s, so only %g epochs fit", self.minutes, seconds, self.epochs
+                "time budget %g min: one epoch takes %.0f s, so only %g fit", self.minutes, seconds, self.epochs
             )
 
     def fit_to_steps(self, trainer: pl.Trainer, stop_step: int) -> None:
