@@ -2,7 +2,8 @@
 
 Each run is the framework's own CLI, ``python -m bloodcells.train data=npz
 data.reader.path=<pbc96 cache>`` with the default recipe, ``callbacks.time_budget.minutes``
-set to the budget (whole epochs that fit, cosine fitted to them) and the run's overrides,
+set to the budget (training stops at the step where the clock runs out, the cosine fitted
+to it; `callbacks.time_budget.stop=epoch`: whole epochs) and the run's overrides,
 one run at a time (two trainings on 2 cores distort each other). Pbc96's own leak-free
 stratified split; nothing is fitted on test. Each run reports the plain best checkpoint and
 the checkpoint with the default TTA (dihedral views, temperature fitted on val), its fit
@@ -64,7 +65,7 @@ def run_one(minutes: float, overrides: list[str], cache: Path) -> dict:
         "fit_min": round(summary["fit_seconds"] / 60, 2),
         "after_fit_min": round((wall - summary["fit_seconds"]) / 60, 2),
         "best_checkpoint": Path(summary["best_checkpoint"]).name,
-        "budget_log": epochs[0].split(" - ", 1)[-1] if epochs else "",
+        "budget_log": epochs[-1].split(" - ", 1)[-1] if epochs else "",  # the last re-fit decided the stop
         "run_dir": str(run_dir),
         "machine": f"{cpu_name()}, {os.cpu_count()} cores",
     }
