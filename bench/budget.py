@@ -82,7 +82,7 @@ def cpu_name() -> str:
 def plot(results: list[dict], path: Path) -> None:
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(6, 4))
+    fig = Figure(figsize=(10, 4.5))
     ax = fig.subplots()
     curve = sorted((r for r in results if not r["overrides"] and "machine" not in r), key=lambda r: r["minutes"])
     if curve:
@@ -92,6 +92,7 @@ def plot(results: list[dict], path: Path) -> None:
     for r in results:
         if r["overrides"] or "machine" in r:
             where = f", {r['machine']}" if "machine" in r else ""
+            where += ", stop=step" if "stopping at step" in r.get("budget_log", "") else ""
             (point,) = ax.plot(
                 r["train_min"],
                 100 * r["plain_accuracy"],
@@ -104,7 +105,7 @@ def plot(results: list[dict], path: Path) -> None:
     ax.set_ylabel("test accuracy, pbc96 split (%)")
     ax.set_title("lite0 (96 px unless noted): accuracy per CPU-minute")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     print(f"plot: {path}")

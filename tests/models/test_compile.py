@@ -45,11 +45,12 @@ def test_auto_tries_long_runs_where_inductor_builds_kernels(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    ("eager_s", "compiled_s", "keep"), [(0.30, 0.20, True), (0.30, 0.40, False), (0.30, 0.295, False)]
+    ("eager_s", "compiled_s", "keep"),
+    [(0.30, 0.20, True), (0.30, 0.40, False), (0.30, 0.295, False), (0.30, 0.283, False)],
 )
 def test_the_trial_keeps_compiled_only_when_measured_faster(eager_s, compiled_s, keep):
     """Warm-up steps, then eager ones, then the compiling step (slowest of all, and not
-    compared), then compiled ones; within the 3% margin, eager stays."""
+    compared), then compiled ones; within the 10% margin (a measured 1.06x), eager stays."""
     trial = CompileTrial()
     timings = [5.0] * TRIAL_WARMUP + [eager_s] * TRIAL_STEPS + [60.0] + [compiled_s] * TRIAL_STEPS
     verdicts = []
