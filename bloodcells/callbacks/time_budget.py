@@ -43,7 +43,7 @@ import time
 import lightning.pytorch as pl
 
 from bloodcells.core.errors import ConfigError
-from bloodcells.models.schedulers import StagedLR
+from bloodcells.models.schedulers import StagedLR, steps_per_epoch
 
 log = logging.getLogger("bloodcells.train")
 
@@ -114,19 +114,19 @@ class TimeBudget(pl.Callback):
         now = time.perf_counter()
         compiling = compile_seconds(module, epoch)
         seconds, left = now - self.epoch_start - compiling, self.minutes * 60 - (now - self.start)
-        steps_per_epoch = epoch_steps(trainer) if self.stop == "step" else None
-        if steps_per_epoch is None:  # whole epochs
+        per_epoch = steps_per_epoch(trainer) if self.stop == "step" else None
+        if per_epoch is None:  # whole epochs
             more: float = math.floor(max(0.0, left) / seconds)
         else:
             validation = min(self.validation_seconds, seconds)
-            more = epochs_that_fit(left, seconds - validation, validation, steps_per_epoch)
+            more = epochs_that_fit(left, seconds - validation, validation, per_epoch)
         fitted = float(trainer.strategy.broadcast(max(epoch + 1, min(cap, epoch + 1 + more)), src=0))
         before = self.epochs
-        if steps_per_epoch is None:
+        if per_epoch is None:
             self.epochs = int(fitted)
             self.apply(trainer, self.epochs)
         else:
-            self.fit_to_steps(trainer, round(fitted * steps_per_epoch))
+            self.fit_to_steps(trainer, round(fitted * per_epoch))
         stage_start = epoch in stage_starts(trainer)
         if first or stage_start or abs(self.epochs - before) >= 0.01 * self.epochs:  # not for a few steps
             self.log_decision(epoch, first, stage_start, seconds, compiling, cap)
@@ -164,12 +164,12 @@ class TimeBudget(pl.Callback):
             )
 
     def fit_to_steps(self, trainer: pl.Trainer, stop_step: int) -> None:
-        """Stop at ``stop_step`` and end the cosine there; whole epochs where the loader has no length."""
-        steps_per_epoch = epoch_steps(trainer)
-        if steps_per_epoch is None:
+        """Stop at ``stop_step`` and end the cosine there (a loader without a length has no steps to count)."""
+        per_epoch = steps_per_epoch(trainer)
+        if per_epoch is None:
             raise ConfigError("callbacks.time_budget.steps needs a training loader with a length")
         self.stop_step = max(1, int(stop_step))
-        self.epochs = self.stop_step / steps_per_epoch
+        self.epochs = self.stop_step / per_epoch
         self.apply(trainer, self.epochs)
 
     @staticmethod
@@ -203,12 +203,6 @@ def epochs_that_fit(left: float, train_seconds: float, validation_seconds: float
     part = (left - whole * (train_seconds + validation_seconds) - validation_seconds) / train_seconds
     more = whole + max(0.0, min(1.0, part))
     return math.floor(more * steps_per_epoch) / steps_per_epoch
-
-
-def epoch_steps(trainer: pl.Trainer) -> int | None:
-    """Optimizer steps per epoch; ``None`` for an unsized loader."""
-    batches = trainer.num_training_batches
-    return math.ceil(batches / trainer.accumulate_grad_batches) if math.isfinite(batches) else None
 
 
 def stage_starts(trainer: pl.Trainer) -> set[int]:

@@ -29,7 +29,7 @@ from bloodcells.models.losses import build_loss, class_weights
 from bloodcells.models.metrics import validation_metrics
 from bloodcells.models.ood import OODScorer
 from bloodcells.models.optimizers import make_optimizer
-from bloodcells.models.schedulers import StagedLR
+from bloodcells.models.schedulers import StagedLR, steps_per_epoch
 from bloodcells.models.stain_norm import STAIN_NORMS
 
 log = logging.getLogger("bloodcells.train")
@@ -231,16 +231,15 @@ class CellClassifier(pl.LightningModule):
         Sizing it in ``configure_optimizers`` (``estimated_stepping_batches`` sets up the
         loaders before the checkpoint is restored) broke the bit-exact resume test."""
         scheduler = self.lr_schedulers()
-        if isinstance(scheduler, StagedLR) and scheduler.interval == "step":
-            batches = self.trainer.num_training_batches
-            if math.isfinite(batches):
-                scheduler.set_steps_per_epoch(math.ceil(batches / self.trainer.accumulate_grad_batches))
+        steps = steps_per_epoch(self.trainer)
+        if isinstance(scheduler, StagedLR) and scheduler.interval == "step" and steps is not None:
+            scheduler.set_steps_per_epoch(steps)
 
     def _set_up_compile(self) -> None:
         """Decide ``model.compile`` for this fit (after a resume too) and log why."""
-        batches, epochs = self.trainer.num_training_batches, self.trainer.max_epochs
-        if math.isfinite(batches) and epochs is not None and epochs >= 0:
-            planned = math.ceil(batches / self.trainer.accumulate_grad_batches) * epochs
+        steps, epochs = steps_per_epoch(self.trainer), self.trainer.max_epochs
+        if steps is not None and epochs is not None and epochs >= 0:
+            planned = steps * epochs
         else:  # an unsized loader or no epoch limit: as long as it takes
             planned = math.inf
         decision = self.compiler.start(self.backbone, self.device.type, planned)

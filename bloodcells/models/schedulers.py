@@ -14,12 +14,19 @@ from __future__ import annotations
 
 import math
 
+import lightning.pytorch as pl
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 from bloodcells.core.compat import set_last_lr
 from bloodcells.core.errors import ConfigError
 from bloodcells.models.finetune import FinetuneSchedule
+
+
+def steps_per_epoch(trainer: pl.Trainer) -> int | None:
+    """Optimizer steps in one epoch of ``trainer``'s training loader; ``None`` when it has no length."""
+    batches = trainer.num_training_batches
+    return math.ceil(batches / trainer.accumulate_grad_batches) if math.isfinite(batches) else None
 
 
 class StagedLR(LRScheduler):
