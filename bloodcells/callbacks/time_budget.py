@@ -138,7 +138,7 @@ class TimeBudget(pl.Callback):
         timed = "the first epoch" if first else f"epoch {epoch + 1}"
         if stage_start:
             timed += " (the first of a new fine-tuning stage)"
-        if compiling >= 0.5:  # a stage after the compile spends a fraction of a second
+        if compiling >= 0.5:  # an epoch that compiled nothing still shows its loader start, under a second
             timed += f" took {seconds:.0f} s + {compiling:.0f} s compiling"
         else:
             timed += f" took {seconds:.0f} s"
