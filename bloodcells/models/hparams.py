@@ -129,6 +129,12 @@ STAGE = {
     ),
     "lr_factor": (_number(0, 100), "a number in [0, 100]"),
 }
+MIX = {
+    "mixup_alpha": (NON_NEGATIVE, "a number >= 0 (0: off)"),
+    "cutmix_alpha": (NON_NEGATIVE, "a number >= 0 (0: off)"),
+    "prob": (_number(0, 1), "a number in [0, 1]"),
+    "switch_prob": (_number(0, 1), "a number in [0, 1]"),
+}
 FINETUNE = {
     "freeze_bn": (_boolean, "true or false"),
     "stages": (lambda v: isinstance(v, (list, tuple)) and len(v) > 0, "a non-empty list of stages"),
@@ -149,6 +155,8 @@ MODEL = {
     "compile": (lambda v: isinstance(v, bool) or v == "auto", "true, false or auto"),
 }
 GROUPS = ("head", "optim", "sched", "loss", "finetune")
+OPTIONAL_GROUPS = ("mix",)
+"""Groups that checkpoints written before them lack (absent: the module's default)."""
 REQUIRED = {
     "": ("backbone", "class_names", "image_size", *GROUPS),
     "loss": ("name",),
@@ -179,7 +187,8 @@ def _check_group(values: Any, schema: Mapping[str, tuple[Check, str]], where: st
 def check_hparams(hparams: Any, error: type[UserError] = ConfigError) -> dict:
     """``hparams`` as a plain dict if every key and value is in the schema, else ``error``
     naming the first offending key and value. Nothing is imported or built here."""
-    top = _check_group(hparams, {**MODEL, **{g: ((lambda v: True), "") for g in GROUPS}}, "", error)
+    groups = {g: ((lambda v: True), "") for g in (*GROUPS, *OPTIONAL_GROUPS)}
+    top = _check_group(hparams, {**MODEL, **groups}, "", error)
     _check_group(top["head"], HEAD, "head", error)
     _check_group(top["loss"], LOSS, "loss", error)
     optim = top["optim"]
@@ -188,6 +197,8 @@ def check_hparams(hparams: Any, error: type[UserError] = ConfigError) -> dict:
     sched = _check_group(top["sched"], SCHED, "sched", error)
     if sched.get("decay") == "plateau" and sched.get("interval", "epoch") == "step":
         raise error("sched.interval='step': plateau decay steps once per epoch, expected epoch")
+    if top.get("mix") is not None:
+        _check_group(top["mix"], MIX, "mix", error)
     finetune = _check_group(top["finetune"], FINETUNE, "finetune", error)
     for i, stage in enumerate(finetune["stages"]):
         _check_group(stage, STAGE, f"finetune.stages[{i}]", error)

@@ -27,6 +27,7 @@ from bloodcells.models.heads import MLPHead
 from bloodcells.models.hparams import check_hparams
 from bloodcells.models.losses import build_loss, class_weights
 from bloodcells.models.metrics import validation_metrics
+from bloodcells.models.mixing import BatchMixer
 from bloodcells.models.ood import OODScorer
 from bloodcells.models.optimizers import make_optimizer
 from bloodcells.models.schedulers import StagedLR, steps_per_epoch
@@ -64,10 +65,11 @@ class CellClassifier(pl.LightningModule):
         channels_last: bool = True,
         stain_norm: str = "none",
         compile: bool | str = False,
+        mix: dict | None = None,
     ) -> None:
         super().__init__()
-        head, class_names, optim, sched, loss, finetune = map(
-            to_plain, (head, class_names, optim, sched, loss, finetune)
+        head, class_names, optim, sched, loss, finetune, mix = map(
+            to_plain, (head, class_names, optim, sched, loss, finetune, mix)
         )
         check_hparams(
             dict(
@@ -86,6 +88,7 @@ class CellClassifier(pl.LightningModule):
                 channels_last=channels_last,
                 stain_norm=stain_norm,
                 compile=compile,
+                mix=mix,
             )
         )
         self.save_hyperparameters()
@@ -108,6 +111,7 @@ class CellClassifier(pl.LightningModule):
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255)
         self.head = MLPHead(self.backbone.num_features, len(class_names), **head)
         self.criterion = build_loss(**loss)
+        self.mixer = BatchMixer(**(mix or {}))
         self.register_buffer("class_weight", torch.ones(len(class_names)))
         self.blocks = backbone_blocks(self.backbone)
         self.block_bns = batchnorm_blocks(self.backbone, self.blocks)
@@ -185,9 +189,17 @@ class CellClassifier(pl.LightningModule):
         weight = self.class_weight if self.criterion.class_weights not in (None, "none") else None
         return self.criterion(logits, targets, weight=weight)
 
+    def training_loss(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The loss of one training batch, MixUp/CutMix applied when ``mix`` is on."""
+        mixed = self.mixer(images, targets)
+        if mixed is None:
+            return self.loss(self(images), targets)
+        logits = self(mixed.images)
+        return mixed.lam * self.loss(logits, targets) + (1 - mixed.lam) * self.loss(logits, mixed.partner_targets)
+
     def training_step(self, batch: tuple, batch_idx: int) -> torch.Tensor:
         images, targets, _ = batch
-        loss = self.loss(self(images), targets)
+        loss = self.training_loss(images, targets)
         self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True)
         return loss
 

@@ -37,6 +37,7 @@ def build_model(cfg: DictConfig) -> CellClassifier:
         sched=plain(cfg.sched),
         loss=plain(cfg.loss),
         finetune=plain(cfg.finetune),
+        mix=plain(cfg.mix),
         head=plain(cfg.model.head),
         _recursive_=False,
         _convert_="all",
