@@ -23,7 +23,7 @@ train: install  ## train lite0 on the bundled sample; extra overrides: make trai
 	$(PY) -m bloodcells.train trainer.enable_progress_bar=false $(ARGS)
 
 test: install  ## the whole suite, slow tests included
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 test-fast: install  ## inner loop: skips the tests that train for several epochs
 	$(PY) -m pytest -q -m "not slow"
