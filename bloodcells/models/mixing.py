@@ -18,8 +18,6 @@ import numpy as np
 import torch
 from timm.data.mixup import cutmix_bbox_and_lam
 
-from bloodcells.core.errors import ConfigError
-
 
 @dataclass(frozen=True)
 class MixedBatch:
@@ -33,17 +31,12 @@ class MixedBatch:
 
 class BatchMixer:
     """Mixes a batch with probability ``prob``: CutMix with probability ``switch_prob`` when
-    both alphas are positive, else whichever is on. Both alphas 0 (the default): off."""
+    both alphas are positive, else whichever is on. Both alphas 0 (the default): off. The
+    values are checked with the rest of the model's hyperparameters (``hparams.MIX``)."""
 
     def __init__(
         self, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0, prob: float = 1.0, switch_prob: float = 0.5
     ) -> None:
-        for name, value in (("mixup_alpha", mixup_alpha), ("cutmix_alpha", cutmix_alpha)):
-            if value < 0:
-                raise ConfigError(f"mix.{name}={value}: must be >= 0 (0 turns it off)")
-        for name, value in (("prob", prob), ("switch_prob", switch_prob)):
-            if not 0 <= value <= 1:
-                raise ConfigError(f"mix.{name}={value}: must be in [0, 1]")
         self.mixup_alpha, self.cutmix_alpha = float(mixup_alpha), float(cutmix_alpha)
         self.prob, self.switch_prob = float(prob), float(switch_prob)
 
