@@ -89,17 +89,18 @@ def plot(results: list[dict], path: Path) -> None:
         fit = [r["train_min"] for r in curve]
         ax.plot(fit, [100 * r["plain_accuracy"] for r in curve], "o-", label="default recipe")
         ax.plot(fit, [100 * r["tta_accuracy"] for r in curve], "s--", label="default recipe + dihedral TTA")
-    for r in results:
-        if r["overrides"] or "machine" in r:
-            where = f", {r['machine']}" if "machine" in r else ""
-            where += ", stop=step" if "stopping at step" in r.get("budget_log", "") else ""
-            (point,) = ax.plot(
-                r["train_min"],
-                100 * r["plain_accuracy"],
-                "^",
-                label=f"{r['overrides'] or 'default'}{where} (plain; TTA hollow)",
-            )
-            ax.plot(r["train_min"], 100 * r["tta_accuracy"], "^", mfc="none", color=point.get_color())
+    points = [r for r in results if r["overrides"] or "machine" in r]
+    markers = "^vD<>ph*"  # with 10 colours: 80 points before a (colour, marker) pair repeats
+    for i, r in enumerate(points):
+        where = f", {r['machine']}" if "machine" in r else ""
+        where += ", stop=step" if "stopping at step" in r.get("budget_log", "") else ""
+        (point,) = ax.plot(
+            r["train_min"],
+            100 * r["plain_accuracy"],
+            markers[i // 10 % len(markers)],
+            label=f"{r['overrides'] or 'default'}{where} (plain; TTA hollow)",
+        )
+        ax.plot(r["train_min"], 100 * r["tta_accuracy"], point.get_marker(), mfc="none", color=point.get_color())
     ax.axhline(98.8, color="grey", lw=0.8, ls=":")
     ax.set_xlabel("training minutes (2 CPU cores)")
     ax.set_ylabel("test accuracy, pbc96 split (%)")
