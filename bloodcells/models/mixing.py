@@ -3,7 +3,7 @@
 Each image is mixed with its mirror in the batch (image i with image N-1-i, as timm pairs
 them; the loader has already shuffled), by a blend (MixUp) or a pasted box (CutMix), with a
 weight ``lam`` drawn from Beta(alpha, alpha). The loss is then ``lam * loss(y) +
-(1 - lam) * loss(y mirrored)``: for cross-entropy exactly the loss on the mixed soft
+(1 - lam) * loss(y mirrored)``: for unweighted cross-entropy exactly the loss on the mixed soft
 labels, and it keeps class weights, focal gamma and label smoothing as they are. The box is
 timm's (``cutmix_bbox_and_lam``, lam corrected to the clipped area). Draws use NumPy's
 global RNG, which checkpoints carry (``callbacks.rng_state``), so a resumed run mixes the
