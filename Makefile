@@ -5,6 +5,8 @@ PY := $(VENV)/bin/python
 ARGS ?=
 
 FLOORS_VENV ?= .venv-floors
+# pytest-xdist processes for the suite, one torch thread each (tests/conftest.py)
+TEST_WORKERS ?= 2
 
 .PHONY: install browser train test test-fast test-floors lint bench clean
 
@@ -23,15 +25,15 @@ train: install  ## train lite0 on the bundled sample; extra overrides: make trai
 	$(PY) -m bloodcells.train trainer.enable_progress_bar=false $(ARGS)
 
 test: install  ## the whole suite, slow tests included
-	$(PY) -m pytest -q --durations=25
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=25
 
 test-fast: install  ## inner loop: skips the tests that train for several epochs
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow"
 
 test-floors:  ## the fast tests on the lowest versions pyproject.toml declares (.ci/floors.txt)
 	$(PYTHON) -m venv $(FLOORS_VENV)
 	$(FLOORS_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -c .ci/floors.txt -e '.[dev]'
-	$(FLOORS_VENV)/bin/python -m pytest -q -m "not slow" -p no:cacheprovider
+	$(FLOORS_VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow" -p no:cacheprovider
 
 lint: install
 	$(PY) -m ruff check bloodcells hydra_plugins tests bench

@@ -8,12 +8,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from omegaconf import DictConfig
 
 from bloodcells.core.hydra import compose_config
 from tests.helpers import FAST_TRAIN
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # an attempted download fails at once, not after retries
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs one worker per core: no thread oversubscription
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # the CLIs the tests start inherit it
+    torch.set_num_threads(1)
 
 
 @pytest.fixture
