@@ -34,6 +34,8 @@ class StagedEarlyStopping(EarlyStopping):
         if patience != "auto" and (isinstance(patience, bool) or not isinstance(patience, int) or patience < 0):
             raise ConfigError(f"callbacks.early_stopping.patience={patience!r}: an integer >= 0, or auto")
         self.auto_patience = patience == "auto"
+        self.logged_stop = -1
+        """The epoch whose stop was logged (``log_stop``)."""
         super().__init__(*args, patience=4 if self.auto_patience else patience, **kwargs)
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -41,10 +43,10 @@ class StagedEarlyStopping(EarlyStopping):
         datamodule = trainer.datamodule
         if self.auto_patience and datamodule is not None and hasattr(datamodule, "splits"):
             datamodule.setup()
-            self.patience = patience_for(len(datamodule.splits["val"]))
-            pl.utilities.rank_zero_info(
-                f"early stopping: patience {self.patience} epochs ({len(datamodule.splits['val'])} validation images)"
-            )
+            n_val = len(datamodule.splits["val"])
+            self.patience = patience_for(n_val)
+            if trainer.is_global_zero:
+                log.info("early stopping: patience %d epochs (%d validation images)", self.patience, n_val)
 
     def waiting_for_last_stage(self, trainer: pl.Trainer) -> bool:
         schedule = getattr(trainer.lightning_module, "schedule", None)
@@ -60,7 +62,25 @@ class StagedEarlyStopping(EarlyStopping):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self.waiting_for_last_stage(trainer):
             super().on_validation_end(trainer, pl_module)
+            self.log_stop(trainer)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self.waiting_for_last_stage(trainer):
             super().on_train_epoch_end(trainer, pl_module)
+            self.log_stop(trainer)
+
+    def log_stop(self, trainer: pl.Trainer) -> None:
+        """Say why a run ends before its planned length (a time budget's cosine stops with it,
+        short of its end): the run's log would otherwise only show fewer epochs than planned."""
+        stopped_here = trainer.should_stop and self.stopped_epoch == trainer.current_epoch > self.logged_stop
+        if stopped_here and self.wait_count >= self.patience and trainer.is_global_zero:
+            self.logged_stop = self.stopped_epoch  # both hooks run in the epoch that stops
+            log.info(
+                "early stopping: %s has not improved for %d epoch(s) (best %.4f); training ends after epoch %d of %d "
+                "(callbacks.early_stopping=null trains the planned length)",
+                self.monitor,
+                self.wait_count,
+                float(self.best_score),
+                trainer.current_epoch + 1,
+                trainer.max_epochs,
+            )
