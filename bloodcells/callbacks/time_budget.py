@@ -28,7 +28,9 @@ epoch of every later stage (``step`` re-times every epoch anyway).
 
 With ``model.compile`` the first epoch of a stage also holds the compile; the seconds it
 spent compiling (``models.compiled.CompileClock``) are spent from the budget but left out
-of what each later epoch is expected to cost.
+of what each later epoch is expected to cost. ``model.compile=auto`` reads the seconds left
+(``seconds_left``) before its trial compiles: a budget too short to win a compile back is
+not spent on one.
 
 The decision is logged with the override that repeats it without the clock, travels in the
 checkpoint (a resumed run keeps it), and under DDP rank 0 decides for every rank.
@@ -79,12 +81,19 @@ class TimeBudget(pl.Callback):
         self.epoch_start = self.start
 
     def on_train_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        compiler = getattr(module, "compiler", None)
+        if compiler is not None and self.minutes is not None:  # model.compile=auto weighs its trial against it
+            compiler.seconds_left = self.seconds_left
         if self.minutes is None and self.epochs is None:  # a fixed step count: no clock to wait for
             self.fit_to_steps(trainer, self.stop_step)
             log.info("step budget: training stops at step %d (%.2f epochs)", self.stop_step, self.epochs)
         elif self.epochs is not None:  # resumed: the decision was taken in the first run
             self.start = self.epoch_start = time.perf_counter() - self.spent  # some strategies restore late
             self.apply(trainer, self.epochs)
+
+    def seconds_left(self) -> float:
+        """Seconds of the clocked budget not yet spent."""
+        return self.minutes * 60 - (time.perf_counter() - self.start)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         if trainer.current_epoch > 0:  # the first epoch is timed from the fit's start (setup included)

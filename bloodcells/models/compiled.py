@@ -13,17 +13,22 @@ Whether compiling pays depends on the CPU, not only on the model: the same lite0
 "Compiled training"). So ``auto`` measures: on a run long enough to win back a compile, and
 where inductor can build kernels (a C++ compiler and the Python headers on CPU, triton on
 CUDA), the first epoch times a few eager steps, compiles, times as many compiled steps and
-keeps the faster. The verdict is logged, decided by rank 0 under DDP, and travels in the
-checkpoint, so a resumed run does not measure again.
+keeps the faster. Under a time budget the plan is the clock's, not ``trainer.max_epochs``: once
+the eager steps are timed, a budget that leaves fewer than ``AUTO_MIN_STEPS`` steps at that
+pace ends the trial before it compiles (a cold compile cost a 10-minute lite2 run 77 s, 13%
+of its budget, to measure 0.80x). The verdict is logged, decided by rank 0 under DDP, and
+travels in the checkpoint, so a resumed run does not measure again.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 import statistics
 import sysconfig
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +41,8 @@ from bloodcells.core.errors import ConfigError
 log = logging.getLogger("bloodcells.train")
 
 AUTO_MIN_STEPS = 2000
-"""``auto`` tries compiling only when the fit plans at least this many optimizer steps: lite0
+"""``auto`` tries compiling only when the fit plans at least this many optimizer steps (under a
+time budget, also only when the clock leaves this many at the measured eager pace): lite0
 compiles in ~30-55 s on 2 CPU cores (BENCHMARKS.md), which a 25% faster ~0.3-s step wins
 back in ~600 steps; the margin covers a staged run's recompile per stage."""
 TRIAL_WARMUP = 2
@@ -154,6 +160,8 @@ class CompileTrial:
         self.eager: list[float] = []
         self.compiled: list[float] = []
         self.steps = 0
+        self.budget_steps: float | None = None
+        """Set when the time budget left too few steps to try compiling: how many it left."""
 
     @property
     def compile_now(self) -> bool:
@@ -171,8 +179,19 @@ class CompileTrial:
             return None
         return statistics.median(self.eager) > TRIAL_MARGIN * statistics.median(self.compiled)
 
+    def steps_that_fit(self, seconds_left: float) -> float:
+        """Training steps at the measured eager pace that ``seconds_left`` holds (validation
+        left out: an overestimate, so a borderline budget still tries)."""
+        return seconds_left / statistics.median(self.eager)
+
     def summary(self) -> str:
-        eager, compiled = statistics.median(self.eager), statistics.median(self.compiled)
+        eager = statistics.median(self.eager)
+        if self.budget_steps is not None:
+            return (
+                f"eager {eager:.3f} s/step; the time budget leaves about {self.budget_steps:.0f} steps at that pace "
+                f"(< {AUTO_MIN_STEPS}: compiling would cost more than it saves), so it did not compile"
+            )
+        compiled = statistics.median(self.compiled)
         return f"eager {eager:.3f} s/step, compiled {compiled:.3f} s/step ({eager / compiled:.2f}x)"
 
 
@@ -190,6 +209,9 @@ class TrainingCompiler:
         """The compiled backbone while this fit uses it."""
         self.clock = CompileClock()
         self.trial: CompileTrial | None = None
+        self.seconds_left: Callable[[], float] | None = None
+        """The time budget's clock (set by ``callbacks.time_budget.TimeBudget``): seconds of
+        training left, which ``auto``'s trial weighs before it compiles."""
         self._last = 0.0
         self._last_compiled = False
 
@@ -203,11 +225,14 @@ class TrainingCompiler:
             self.compiled = compile_backbone(backbone)
         return decision
 
-    def step_start(self, backbone: nn.Module, epoch: int, batch_idx: int) -> bool | None:
+    def step_start(
+        self, backbone: nn.Module, epoch: int, batch_idx: int, agree: Callable[[bool], bool] = bool
+    ) -> bool | None:
         """Time the step that just ended, from its start to this one's (waiting for the
         loader included: a compiled step that starves the loader workers of CPU is no faster);
         compile where ``auto``'s trial says so. Returns the trial's local verdict the step
-        it ends, else None."""
+        it ends, else None. ``agree``: rank 0's answer to a question every rank asks at the
+        same step (the strategy's broadcast under DDP)."""
         now, verdict = time.perf_counter(), None
         if batch_idx > 0:
             seconds = now - self._last
@@ -217,7 +242,12 @@ class TrainingCompiler:
                 verdict = self.trial.record(seconds)
         self._last = now
         if self.trial is not None and self.trial.compile_now:
-            self.compiled = compile_backbone(backbone)
+            budget_steps = self.trial.steps_that_fit(self.seconds_left()) if self.seconds_left else math.inf
+            if agree(budget_steps < AUTO_MIN_STEPS):
+                self.trial.budget_steps = budget_steps
+                verdict = False
+            else:
+                self.compiled = compile_backbone(backbone)
         self._last_compiled = self.compiled is not None
         return verdict
 

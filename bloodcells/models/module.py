@@ -259,11 +259,14 @@ class CellClassifier(pl.LightningModule):
             log.info("%s", decision.reason)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        keep = self.compiler.step_start(self.backbone, self.current_epoch, batch_idx)
+        keep = self.compiler.step_start(self.backbone, self.current_epoch, batch_idx, self._rank_zero_says)
         if keep is not None:  # auto's trial has ended: rank 0's measurement decides for all
-            line = self.compiler.settle(bool(self.trainer.strategy.broadcast(keep, src=0)))
+            line = self.compiler.settle(self._rank_zero_says(keep))
             if self.trainer.is_global_zero:
                 log.info("%s", line)
+
+    def _rank_zero_says(self, answer: bool) -> bool:
+        return bool(self.trainer.strategy.broadcast(answer, src=0))
 
     def on_train_epoch_end(self) -> None:
         if self.trainer.is_global_zero:

@@ -65,6 +65,64 @@ def test_the_trial_keeps_compiled_only_when_measured_faster(eager_s, compiled_s,
     assert line.startswith(f"model.compile=auto: {'on' if keep else 'off'}, measured eager {eager_s:.3f} s/step")
 
 
+@pytest.mark.parametrize(("seconds_left", "compiles"), [(500.0, False), (700.0, True)])
+def test_a_time_budget_too_short_to_win_back_a_compile_ends_the_trial_before_compiling(
+    monkeypatch, seconds_left, compiles
+):
+    """Eager steps take 0.3 s: 500 s left hold 1,667 steps, under AUTO_MIN_STEPS (2,000), so the
+    trial ends off without compiling; 700 s hold 2,333, so it compiles and goes on measuring."""
+    compile_calls = []
+    monkeypatch.setattr(compiled, "inductor_missing", lambda device: None)
+    monkeypatch.setattr(compiled, "compile_backbone", lambda backbone: compile_calls.append(backbone) or backbone)
+    clock = SteppedClock(0.3, 0.2)
+    monkeypatch.setattr(compiled, "time", clock)
+    compiler = clock.compiler = TrainingCompiler("auto")
+    assert compiler.start(torch.nn.Identity(), "cpu", 10**6).trial
+    compiler.seconds_left = lambda: seconds_left
+    verdicts = [compiler.step_start(torch.nn.Identity(), 0, i) for i in range(TRIAL_WARMUP + TRIAL_STEPS + 1)]
+    assert bool(compile_calls) is compiles
+    if compiles:
+        assert verdicts == [None] * len(verdicts) and compiler.compiled is not None
+        return
+    assert verdicts[-1] is False and verdicts[:-1] == [None] * (len(verdicts) - 1)
+    line = compiler.settle(False)
+    assert compiler.compiled is None and compiler.measured is False
+    assert "leaves about 1667 steps at that pace (< 2000" in line and "did not compile" in line
+
+
+def test_every_rank_follows_rank_zero_on_whether_the_budget_allows_a_compile(monkeypatch):
+    """Under DDP rank 0 answers for all: a rank whose own clock says 'too short' still
+    compiles when rank 0 says go, so the ranks' trials end at the same step."""
+    monkeypatch.setattr(compiled, "inductor_missing", lambda device: None)
+    monkeypatch.setattr(compiled, "compile_backbone", lambda backbone: backbone)
+    clock = SteppedClock(0.3, 0.2)
+    monkeypatch.setattr(compiled, "time", clock)
+    compiler = clock.compiler = TrainingCompiler("auto")
+    compiler.start(torch.nn.Identity(), "cpu", 10**6)
+    compiler.seconds_left = lambda: 10.0
+    asked = []
+
+    def rank_zero(answer: bool) -> bool:
+        asked.append(answer)
+        return False
+
+    for i in range(TRIAL_WARMUP + TRIAL_STEPS + 1):
+        assert compiler.step_start(torch.nn.Identity(), 0, i, rank_zero) is None
+    assert asked == [True] and compiler.compiled is not None
+
+
+def test_the_time_budget_tells_the_compiler_the_seconds_left(monkeypatch):
+    clock = FakeClock(0.0)
+    monkeypatch.setattr(time_budget, "time", clock)
+    module = pl.LightningModule()
+    module.compiler = TrainingCompiler("auto")
+    budget = TimeBudget(minutes=10)
+    budget.on_fit_start(None, module)
+    budget.on_train_start(None, module)
+    clock.now += 120.0
+    assert module.compiler.seconds_left() == pytest.approx(480.0)
+
+
 def test_compile_is_true_false_or_auto(train_cfg):
     with pytest.raises(ConfigError, match=r"compile='sometimes': not allowed, expected true, false or auto"):
         build_model(train_cfg("model.compile=sometimes"))
