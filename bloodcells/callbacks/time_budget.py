@@ -75,12 +75,16 @@ class TimeBudget(pl.Callback):
         """The last validation's duration (not the sanity check's)."""
         self.spent = 0.0
         """Seconds of the budget used before a resume (restored from the checkpoint)."""
+        self.max_epochs: int | None = None
+        """The configured ``trainer.max_epochs``, read before the budget first shortens it: the
+        cap of every re-fit (a fitted length is not one: a slow first epoch must not cap the rest)."""
 
     def on_fit_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         self.start = time.perf_counter() - self.spent
         self.epoch_start = self.start
 
     def on_train_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        self.max_epochs = trainer.max_epochs
         compiler = getattr(module, "compiler", None)
         if compiler is not None and self.minutes is not None:  # model.compile=auto weighs its trial against it
             compiler.seconds_left = self.seconds_left
@@ -114,7 +118,7 @@ class TimeBudget(pl.Callback):
         """Fit what is left of the run into what is left of the budget: after every epoch
         (``stop=step``), or after the first epoch and the first of each later fine-tuning
         stage (``stop=epoch``)."""
-        cap, epoch = trainer.max_epochs, trainer.current_epoch
+        cap, epoch = self.max_epochs, trainer.current_epoch
         if self.minutes is None or trainer.should_stop or cap is None or cap < 1:
             return
         first = self.epochs is None

@@ -92,6 +92,18 @@ def test_time_budget_never_raises_the_configured_max_epochs(tmp_path, monkeypatc
     assert trainer.current_epoch == 2
 
 
+def test_a_slow_first_epoch_does_not_cap_the_step_budget_at_its_own_estimate(tmp_path, monkeypatch):
+    """The first epoch 'takes' 100 s (setup, a compile trial), later ones 50 s; 5 minutes.
+    Timed on the first alone 3 epochs fit; re-timed after the second (150 s spent, 150 s
+    left at 50 s each) 5 fit, and the run trains 5, not the 3 its first estimate allowed."""
+    clock = FakeClock(100.0, 50.0)
+    monkeypatch.setattr(time_budget, "time", clock)
+    overrides = ["trainer.max_epochs=10", "callbacks.time_budget.minutes=5", "callbacks.early_stopping=null"]
+    trainer, _ = fit(compose_config("train", [*FAST, *overrides], tmp_path), clock)
+    assert trainer.current_epoch == 5 and clock.now == 300.0
+    assert trainer.lr_scheduler_configs[0].scheduler.max_epochs == 5
+
+
 def test_time_budget_refits_when_unfreezing_makes_epochs_slower(tmp_path, monkeypatch):
     # frozen epochs 0-1 take 100 s, unfrozen ones 200 s; 10 minutes. Timed on epoch 0 alone,
     # 6 epochs would fit (1,000 s); timed again at the unfreeze (epoch 2), 400 s are spent

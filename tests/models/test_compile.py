@@ -4,6 +4,8 @@ does, and the budget that does not bill compiling to every later epoch. The stag
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import lightning.pytorch as pl
 import pytest
 import torch
@@ -117,8 +119,9 @@ def test_the_time_budget_tells_the_compiler_the_seconds_left(monkeypatch):
     module = pl.LightningModule()
     module.compiler = TrainingCompiler("auto")
     budget = TimeBudget(minutes=10)
-    budget.on_fit_start(None, module)
-    budget.on_train_start(None, module)
+    trainer = SimpleNamespace(max_epochs=30)  # all on_train_start reads of a clocked, fresh run
+    budget.on_fit_start(trainer, module)
+    budget.on_train_start(trainer, module)
     clock.now += 120.0
     assert module.compiler.seconds_left() == pytest.approx(480.0)
 
