@@ -26,6 +26,11 @@ Staged fine-tuning changes the cost of an epoch (a frozen backbone needs no back
 through it: 36 s against 73 s for lite0 on 2 cores), so ``epoch`` also re-times the first
 epoch of every later stage (``step`` re-times every epoch anyway).
 
+Progressive resizing (``data.progressive``) makes later epochs dearer than the timed one:
+the fit costs each epoch not yet run by its input area relative to the timed epoch's
+(``SizeSchedule.relative_cost``), with the phases placed on the length being fitted, and
+every later epoch re-times it.
+
 With ``model.compile`` the first epoch of a stage also holds the compile; the seconds it
 spent compiling (``models.compiled.CompileClock``) are spent from the budget but left out
 of what each later epoch is expected to cost. ``model.compile=auto`` reads the seconds left
@@ -41,10 +46,12 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 
 import lightning.pytorch as pl
 
 from bloodcells.core.errors import ConfigError
+from bloodcells.data.progressive import SizeSchedule
 from bloodcells.models.schedulers import StagedLR, steps_per_epoch
 
 log = logging.getLogger("bloodcells.train")
@@ -128,10 +135,21 @@ class TimeBudget(pl.Callback):
         compiling = compile_seconds(module, epoch)
         seconds, left = now - self.epoch_start - compiling, self.minutes * 60 - (now - self.start)
         per_epoch = steps_per_epoch(trainer) if self.stop == "step" else None
-        if per_epoch is None:  # whole epochs
+        schedule, validation = size_schedule(trainer), min(self.validation_seconds, seconds)
+        if schedule is not None:
+            measured = trainer.datamodule.epoch_sizes[epoch]
+            more = epochs_that_fit_resized(
+                left,
+                seconds - validation,
+                validation,
+                per_epoch or 1,
+                done=epoch + 1,
+                cap=cap,
+                cost=lambda progress: schedule.relative_cost(progress, measured),
+            )
+        elif per_epoch is None:  # whole epochs
             more: float = math.floor(max(0.0, left) / seconds)
         else:
-            validation = min(self.validation_seconds, seconds)
             more = epochs_that_fit(left, seconds - validation, validation, per_epoch)
         fitted = float(trainer.strategy.broadcast(max(epoch + 1, min(cap, epoch + 1 + more)), src=0))
         before = self.epochs
@@ -142,15 +160,18 @@ class TimeBudget(pl.Callback):
             self.fit_to_steps(trainer, round(fitted * per_epoch))
         stage_start = epoch in stage_starts(trainer)
         if first or stage_start or abs(self.epochs - before) >= 0.01 * self.epochs:  # not for a few steps
-            self.log_decision(epoch, first, stage_start, seconds, compiling, cap)
+            size = trainer.datamodule.epoch_sizes[epoch] if schedule is not None else None
+            self.log_decision(epoch, first, stage_start, seconds, compiling, cap, size)
 
     def log_decision(
-        self, epoch: int, first: bool, stage_start: bool, seconds: float, compiling: float, cap: int
+        self, epoch: int, first: bool, stage_start: bool, seconds: float, compiling: float, cap: int, size: int | None
     ) -> None:
         """What was fitted, on what timing, and the override that repeats it without the clock."""
         timed = "the first epoch" if first else f"epoch {epoch + 1}"
         if stage_start:
             timed += " (the first of a new fine-tuning stage)"
+        if size is not None:
+            timed += f" at {size} px (later sizes costed by their area)"
         if compiling >= 0.5:  # an epoch that compiled nothing still shows its loader start, under a second
             timed += f" took {seconds:.0f} s + {compiling:.0f} s compiling"
         else:
@@ -216,6 +237,36 @@ def epochs_that_fit(left: float, train_seconds: float, validation_seconds: float
     part = (left - whole * (train_seconds + validation_seconds) - validation_seconds) / train_seconds
     more = whole + max(0.0, min(1.0, part))
     return math.floor(more * steps_per_epoch) / steps_per_epoch
+
+
+def epochs_that_fit_resized(
+    left: float,
+    train_seconds: float,
+    validation_seconds: float,
+    steps_per_epoch: int,
+    done: int,
+    cap: int,
+    cost: Callable[[float], float],
+) -> float:
+    """``epochs_that_fit`` when the epochs still to run cost ``cost(progress)`` times the
+    timed one's training (progress: an epoch's start over the total being tried, as the
+    size schedule sees it). Every length on the step grid up to ``cap`` is tried; the
+    longest that fits is returned as epochs beyond ``done``."""
+    best = 0.0
+    for total_steps in range(done * steps_per_epoch + 1, cap * steps_per_epoch + 1):
+        total = total_steps / steps_per_epoch
+        seconds, epoch = 0.0, done
+        while epoch < total and seconds <= left:
+            seconds += min(1.0, total - epoch) * train_seconds * cost(epoch / total) + validation_seconds
+            epoch += 1
+        if seconds <= left:
+            best = total - done
+    return best
+
+
+def size_schedule(trainer: pl.Trainer) -> SizeSchedule | None:
+    """The datamodule's progressive-resizing schedule, if it has one."""
+    return getattr(getattr(trainer, "datamodule", None), "size_schedule", None)
 
 
 def stage_starts(trainer: pl.Trainer) -> set[int]:

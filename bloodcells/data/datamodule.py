@@ -21,6 +21,8 @@ from bloodcells.core.errors import ConfigError, DataError, check_choice, check_p
 from bloodcells.core.files import replace_atomically
 from bloodcells.data.exclusions import apply_exclusions
 from bloodcells.data.images import ImageSet
+from bloodcells.data.progressive import SizeSchedule, planned_epochs
+from bloodcells.data.resize import resize_array
 from bloodcells.data.sampling import EpochSampler
 from bloodcells.data.split import stratified_split
 from bloodcells.data.transforms import build_pipeline, to_tensor
@@ -156,7 +158,8 @@ class ImageArrayDataset(Dataset):
     """Items are (uint8 CHW tensor, label, index into the full ImageSet).
 
     A key is a position, or ``(position, seed)`` from ``EpochSampler``: the pipeline is then
-    reseeded, so each augmentation is reproducible whatever worker draws it.
+    reseeded, so each augmentation is reproducible whatever worker draws it. A third item,
+    ``size`` (progressive resizing), resizes the augmented image to it.
     """
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, index: np.ndarray, pipeline: A.Compose) -> None:
@@ -165,12 +168,16 @@ class ImageArrayDataset(Dataset):
     def __len__(self) -> int:
         return len(self.index)
 
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int, int]:
+    def __getitem__(self, key: int | tuple[int, ...]) -> tuple[torch.Tensor, int, int]:
+        size = None
         if isinstance(key, tuple):
-            key, seed = key
+            key, seed, *sized = key
             self.pipeline.set_random_seed(seed)
+            size = sized[0] if sized else None
         j = self.index[key]
         image = self.pipeline(image=self.images[j])["image"]
+        if size is not None:
+            image = resize_array(image, size)
         return to_tensor(image), int(self.labels[j]), int(j)
 
 
@@ -201,6 +208,7 @@ class BloodCellDataModule(pl.LightningDataModule):
         clean_options: dict | None = None,
         cache_dir: str | None = None,
         exclude: str | None = None,
+        progressive: Sequence[Sequence[float]] | None = None,
     ) -> None:
         super().__init__()
         check_choice("data.sampler", sampler, ("none", "weighted"))
@@ -215,7 +223,12 @@ class BloodCellDataModule(pl.LightningDataModule):
         self.image_size = image_size
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
         self.split_seed, self.use_data_split = split_seed, use_data_split
-        self.train_pipeline = build_pipeline(train_transforms, image_size)
+        self.size_schedule = SizeSchedule(progressive, image_size) if progressive else None
+        """Progressive resizing: the training size by progress (None: always ``image_size``)."""
+        self.epoch_sizes: dict[int, int] = {}
+        """The size each epoch trained at, under progressive resizing (the time budget reads it)."""
+        # under progressive resizing each key brings its size: the pipeline leaves the size as it is
+        self.train_pipeline = build_pipeline(train_transforms, None if progressive else image_size)
         self.eval_pipeline = build_pipeline([], image_size)
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.num_workers, self.pin_memory = num_workers, pin_memory
@@ -361,8 +374,19 @@ class BloodCellDataModule(pl.LightningDataModule):
             weighted=self.sampler == "weighted",
             n_classes=len(self.class_names),
             epoch_fn=self.trainer_epoch,
+            size_fn=self.train_size if self.size_schedule is not None else None,
         )
         return self.loader(dataset, self.batch_size, drop_last=len(dataset) > self.batch_size, sampler=sampler)
+
+    def train_size(self, epoch: int) -> int:
+        """The size ``epoch`` trains at: its start over the LR schedule's length (the time
+        budget's fitted length once it has one); without a trainer, the last phase's size."""
+        planned = planned_epochs(self.trainer) if self.trainer is not None else None
+        size = self.size_schedule.size_at(epoch / planned) if planned else self.image_size
+        if self.epoch_sizes.get(epoch - 1) != size:  # the first epoch, a resumed one, or a new phase
+            log.info("progressive resizing (%s): epoch %d trains at %d px", self.size_schedule, epoch + 1, size)
+        self.epoch_sizes[epoch] = size
+        return size
 
     def trainer_epoch(self) -> int | None:
         """The epoch the trainer is about to run, or None without a trainer.

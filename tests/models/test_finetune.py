@@ -116,12 +116,22 @@ def test_plateau_decay_restarts_with_each_stage(train_cfg):
     assert lrs[3][0] == 1.0 and lrs[4][0] == 0.5
 
 
+# progressive: every epoch of this 4-epoch run trains at 48 px (progress < 0.9), so the
+# resumed epoch must find its size from the restored schedule length, not fall back to 96
+PROGRESSIVE = "data.progressive=[[0,48],[0.9,96]]"
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("compile_", ["false", pytest.param("true", marks=needs_inductor)])
-def test_resume_in_the_middle_of_phase2_matches_an_uninterrupted_run(train_cfg, tmp_path, compile_):
+@pytest.mark.parametrize(
+    "compile_, extra",
+    [("false", []), pytest.param("true", [], marks=needs_inductor), ("false", [PROGRESSIVE])],
+    ids=["eager", "compiled", "progressive"],
+)
+def test_resume_in_the_middle_of_phase2_matches_an_uninterrupted_run(train_cfg, tmp_path, compile_, extra):
     """With the default 2 loader workers and dropout on: the resumed epochs are bit-exact
     (compiled too: the resumed run compiles afresh and must land on the same weights)."""
     common = [
+        *extra,
         f"model.compile={compile_}",
         "data.num_workers=2",
         "model.drop_rate=0.2",
