@@ -6,6 +6,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -83,13 +84,28 @@ def test_the_hub_offline_flag_is_set_for_the_call_and_restored():
         constants.HF_HUB_OFFLINE = before
 
 
+@pytest.fixture
+def fresh_sigchld(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """SIGCHLD as in a fresh process. torch installs its handler once per process; a
+    Lightning ``fit`` earlier in this test process (its signal connector restores every
+    handler it found at the start on teardown) may have put back SIG_DFL, after which torch
+    never installs its handler again."""
+    from torch.utils.data._utils import signal_handling
+
+    saved = signal.getsignal(signal.SIGCHLD)
+    monkeypatch.setattr(signal_handling, "_SIGCHLD_handler_set", False)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    yield
+    signal.signal(signal.SIGCHLD, saved)
+
+
 def worker_loader() -> SignalSafeLoader:
     images = np.zeros((64, 8, 8, 3), np.uint8)
     dataset = ImageArrayDataset(images, np.zeros(64, np.int64), np.arange(64), build_pipeline([]))
     return SignalSafeLoader(dataset, batch_size=2, num_workers=1)
 
 
-def test_the_sigchld_wrapper_lives_only_for_the_duration_of_fit():
+def test_the_sigchld_wrapper_lives_only_for_the_duration_of_fit(fresh_sigchld: None):
     """Outside ``quiet_worker_sigterm`` nothing is wrapped; inside, torch's handler is; after
     it, the handler is torch's own again (or the one from before), never the wrapper."""
     before = signal.getsignal(signal.SIGCHLD)
@@ -119,7 +135,7 @@ def kill_a_worker_and_wait() -> None:
         del it
 
 
-def test_torch_reports_a_worker_ended_by_sigterm_in_the_words_compat_looks_for():
+def test_torch_reports_a_worker_ended_by_sigterm_in_the_words_compat_looks_for(fresh_sigchld: None):
     with pytest.raises(RuntimeError) as err:  # outside fit: torch raises asynchronously
         kill_a_worker_and_wait()
     assert compat.died_of_sigterm(err.value), f"torch {torch.__version__} changed its message: {err.value}"
