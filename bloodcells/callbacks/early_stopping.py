@@ -1,8 +1,12 @@
-"""Early stopping that waits for the last fine-tuning stage.
+"""Early stopping that waits for the last fine-tuning stage and the last input size.
 
 Stopping during the frozen phase would skip fine-tuning altogether, so the check only runs
-once the last stage has begun, and its patience counts from that stage's first epoch. Both
-are functions of the epoch, so resume restores them exactly.
+once the last stage has begun, and its patience counts from that stage's first epoch. Under
+progressive resizing (``data.progressive``) a model still training on small inputs is
+validated at the full size, where its loss is worse than it will be: counting those epochs
+could end the run before it ever trains at the full size, so the check also waits for the
+epochs that train at ``data.image_size``. Both are functions of the epoch, so resume
+restores them exactly.
 """
 
 from __future__ import annotations
@@ -23,6 +27,17 @@ def patience_for(n_val: int) -> int:
     ones the monitored value is noisier (its standard error grows as 1/sqrt(n)), so a real
     plateau takes longer to tell from noise: 4 * sqrt(1000 / n), between 4 and 15."""
     return min(15, max(4, math.ceil(4 * math.sqrt(1000 / max(1, n_val)))))
+
+
+def training_below_final_size(trainer: pl.Trainer) -> bool:
+    """Whether the current epoch trained smaller than the final size of the datamodule's
+    progressive-resizing schedule (the size the sampler handed out for it)."""
+    datamodule = getattr(trainer, "datamodule", None)
+    schedule = getattr(datamodule, "size_schedule", None)
+    if schedule is None:
+        return False
+    trained = datamodule.epoch_sizes.get(trainer.current_epoch)
+    return trained is not None and trained != schedule.phases[-1][1]
 
 
 class StagedEarlyStopping(EarlyStopping):
@@ -49,6 +64,10 @@ class StagedEarlyStopping(EarlyStopping):
                 log.info("early stopping: patience %d epochs (%d validation images)", self.patience, n_val)
 
     def waiting_for_last_stage(self, trainer: pl.Trainer) -> bool:
+        """Whether this epoch comes before the last fine-tuning stage or trains below the
+        final input size; nothing is counted (nor a best value kept) until neither holds."""
+        if training_below_final_size(trainer):
+            return True
         schedule = getattr(trainer.lightning_module, "schedule", None)
         if schedule is None:
             return False

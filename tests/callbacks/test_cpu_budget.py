@@ -15,10 +15,8 @@ from bloodcells.callbacks.time_budget import TimeBudget
 from bloodcells.core.errors import ConfigError
 from bloodcells.models.finetune import FinetuneSchedule
 from bloodcells.models.schedulers import StagedLR
-from bloodcells.runs.build import build_datamodule, build_model, build_trainer
 from tests.helpers import compose_config
-
-FAST = ["model=tiny", "data.num_workers=0", "trainer.enable_progress_bar=false", "callbacks.tta_ensemble=null"]
+from tests.helpers.budget import FAST, FakeClock, fit
 
 
 class StepLRs(pl.Callback):
@@ -32,30 +30,6 @@ class StepLRs(pl.Callback):
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
         self.lrs[-1].append(trainer.optimizers[0].param_groups[0]["lr"])
-
-
-class FakeClock(pl.Callback):
-    """``perf_counter`` that stands still except at each epoch's first batch, where it jumps
-    by that epoch's duration: epoch ``e`` 'takes' ``seconds[min(e, -1)]``."""
-
-    def __init__(self, *seconds: float) -> None:
-        self.now, self.seconds = 0.0, seconds
-
-    def perf_counter(self) -> float:
-        return self.now
-
-    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
-        if batch_idx == 0:
-            self.now += self.seconds[min(trainer.current_epoch, len(self.seconds) - 1)]
-
-
-def fit(cfg, *callbacks):
-    pl.seed_everything(cfg.seed, workers=True)
-    datamodule, model = build_datamodule(cfg), build_model(cfg)
-    trainer = build_trainer(cfg)
-    trainer.callbacks.extend(callbacks)
-    trainer.fit(model, datamodule=datamodule)
-    return trainer, model
 
 
 @pytest.mark.parametrize("stop", ["epoch", "step"])

@@ -10,8 +10,8 @@ from bloodcells.callbacks import time_budget
 from bloodcells.callbacks.time_budget import TimeBudget, epochs_that_fit_resized
 from bloodcells.core.errors import ConfigError
 from bloodcells.data.progressive import SizeSchedule
-from tests.callbacks.test_cpu_budget import FAST, FakeClock, fit
 from tests.helpers import compose_config
+from tests.helpers.budget import FAST, FakeClock, fit
 
 PHASES = "data.progressive=[[0,32],[0.5,64]]"
 
@@ -78,6 +78,27 @@ def test_progressive_resizing_trains_small_then_at_the_input_size_and_validates_
     assert sizes.validation == {64}
     assert trainer.datamodule.epoch_sizes == {0: 32, 1: 32, 2: 64, 3: 64}
     assert model.hparams.image_size == 64  # what inference resizes to
+
+
+def test_early_stopping_waits_for_the_epochs_at_the_final_size(tmp_path):
+    # A metric that never improves, patience 1, 6 epochs: alone it ends the run after its
+    # second epoch (tests/callbacks/test_early_stopping.py). Under [[0,32],[0.5,64]] epochs
+    # 0-2 train at 32 px (0, 1/6, 2/6 < 0.5) and do not count; epoch 3 is the first at 64 px
+    # and sets the best value, epoch 4 misses it: the run ends after epoch 4, at the full size.
+    overrides = [
+        *FAST,
+        "trainer.max_epochs=6",
+        "callbacks.time_budget=null",
+        "callbacks.early_stopping.monitor=finetune/phase",  # 0.0 every epoch under finetune=full
+        "callbacks.early_stopping.patience=1",
+        "+trainer.limit_train_batches=2",
+        "data.image_size=64",
+        PHASES,
+    ]
+    sizes = InputSizes()
+    trainer, model = fit(compose_config("train", overrides, tmp_path), sizes)
+    assert sizes.train == [{32}, {32}, {32}, {64}, {64}]
+    assert model.current_epoch == 5 and trainer.should_stop
 
 
 def test_the_time_budget_plans_the_dearer_late_epochs_of_progressive_resizing(tmp_path, monkeypatch):

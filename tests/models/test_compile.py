@@ -24,8 +24,8 @@ from bloodcells.models.compiled import (
     inductor_missing,
 )
 from bloodcells.runs.build import build_model
-from tests.callbacks.test_cpu_budget import FAST, FakeClock
 from tests.helpers import compose_config, fit_with
+from tests.helpers.budget import FAST, FakeClock
 
 needs_inductor = pytest.mark.skipif(inductor_missing("cpu") is not None, reason=f"{inductor_missing('cpu')}")
 
