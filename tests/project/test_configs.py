@@ -77,3 +77,21 @@ def test_default_config_is_lite0_on_bundled_sample(tmp_path: Path) -> None:
     assert cfg.model.backbone == "tf_efficientnet_lite0"
     assert cfg.model.weights == "offline:lite0"
     assert Path(cfg.data.reader.root).is_dir()
+
+
+def test_cpu_30min_is_the_recipe_its_benchmark_rows_ran(tmp_path: Path) -> None:
+    """BENCHMARKS.md measured the 30-minute recipe as CLI overrides (bench/budget.py): the
+    experiment must compose to exactly those, or its figures describe another recipe."""
+    measured = compose_config(
+        "train",
+        [
+            "data.image_size=128",
+            "loss.label_smoothing=0.1",
+            "data.progressive=[[0,96],[0.5,128]]",
+            "callbacks.time_budget.minutes=30",
+            "task_name=cpu_30min",
+        ],
+        tmp_path,
+    )
+    assert compose_config("train", ["experiment=cpu_30min"], tmp_path) == measured
+    assert measured != compose_config("train", ["task_name=cpu_30min"], tmp_path)
