@@ -82,14 +82,15 @@ def cpu_name() -> str:
 def plot(results: list[dict], path: Path) -> None:
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(10, 4.5))
-    ax = fig.subplots()
+    points = [r for r in results if r["overrides"] or "machine" in r]
+    # the legend gets its own panel, as tall as its entries need: beside the axes it squeezed them
+    fig = Figure(figsize=(14, max(4.5, 0.17 * (len(points) + 2) + 0.8)), layout="constrained")
+    ax, legend_ax = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.5]})
     curve = sorted((r for r in results if not r["overrides"] and "machine" not in r), key=lambda r: r["minutes"])
     if curve:
         fit = [r["train_min"] for r in curve]
         ax.plot(fit, [100 * r["plain_accuracy"] for r in curve], "o-", label="default recipe")
         ax.plot(fit, [100 * r["tta_accuracy"] for r in curve], "s--", label="default recipe + dihedral TTA")
-    points = [r for r in results if r["overrides"] or "machine" in r]
     markers = "^vD<>ph*"  # with 10 colours: 80 points before a (colour, marker) pair repeats
     for i, r in enumerate(points):
         where = f", {r['machine']}" if "machine" in r else ""
@@ -106,8 +107,8 @@ def plot(results: list[dict], path: Path) -> None:
     ax.set_ylabel("test accuracy, pbc96 split (%)")
     ax.set_title("lite0 (96 px unless noted): accuracy per CPU-minute")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
-    fig.tight_layout()
+    legend_ax.axis("off")
+    legend_ax.legend(*ax.get_legend_handles_labels(), fontsize=7, loc="center left", frameon=False)
     fig.savefig(path, dpi=120)
     print(f"plot: {path}")
 
