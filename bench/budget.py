@@ -86,7 +86,7 @@ def plot(results: list[dict], path: Path) -> None:
     # the legend gets its own panel, as tall as its entries need: beside the axes it squeezed them
     fig = Figure(figsize=(14, max(4.5, 0.17 * (len(points) + 2) + 0.8)), layout="constrained")
     ax, legend_ax = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.5]})
-    curve = sorted((r for r in results if not r["overrides"] and "machine" not in r), key=lambda r: r["minutes"])
+    curve = sorted((r for r in results if r not in points), key=lambda r: r["minutes"])
     if curve:
         fit = [r["train_min"] for r in curve]
         ax.plot(fit, [100 * r["plain_accuracy"] for r in curve], "o-", label="default recipe")
