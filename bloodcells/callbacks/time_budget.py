@@ -145,7 +145,7 @@ class TimeBudget(pl.Callback):
                 per_epoch or 1,
                 done=epoch + 1,
                 cap=cap,
-                cost=lambda progress: schedule.relative_cost(progress, measured),
+                cost=lambda epoch, total: schedule.relative_cost(epoch, total, measured),
             )
         elif per_epoch is None:  # whole epochs
             more: float = math.floor(max(0.0, left) / seconds)
@@ -246,18 +246,19 @@ def epochs_that_fit_resized(
     steps_per_epoch: int,
     done: int,
     cap: int,
-    cost: Callable[[float], float],
+    cost: Callable[[int, float], float],
 ) -> float:
-    """``epochs_that_fit`` when the epochs still to run cost ``cost(progress)`` times the
-    timed one's training (progress: an epoch's start over the total being tried, as the
-    size schedule sees it). Every length on the step grid up to ``cap`` is tried; the
-    longest that fits is returned as epochs beyond ``done``."""
+    """``epochs_that_fit`` when epoch ``e`` of a run ``total`` epochs long costs
+    ``cost(e, total)`` times the timed one's training (the size schedule places its phases
+    on the total being tried). Every length on the step grid up to ``cap`` is tried (a longer
+    run can move an epoch into a cheaper phase); the longest that fits is returned as epochs
+    beyond ``done``."""
     best = 0.0
     for total_steps in range(done * steps_per_epoch + 1, cap * steps_per_epoch + 1):
         total = total_steps / steps_per_epoch
         seconds, epoch = 0.0, done
         while epoch < total and seconds <= left:
-            seconds += min(1.0, total - epoch) * train_seconds * cost(epoch / total) + validation_seconds
+            seconds += min(1.0, total - epoch) * train_seconds * cost(epoch, total) + validation_seconds
             epoch += 1
         if seconds <= left:
             best = total - done

@@ -379,10 +379,11 @@ class BloodCellDataModule(pl.LightningDataModule):
         return self.loader(dataset, self.batch_size, drop_last=len(dataset) > self.batch_size, sampler=sampler)
 
     def train_size(self, epoch: int) -> int:
-        """The size ``epoch`` trains at: its start over the LR schedule's length (the time
-        budget's fitted length once it has one); without a trainer, the last phase's size."""
+        """The size ``epoch`` trains at: the phase of its middle step on the LR schedule's
+        length (the time budget's fitted length once it has one); without a trainer, the last
+        phase's size."""
         planned = planned_epochs(self.trainer) if self.trainer is not None else None
-        size = self.size_schedule.size_at(epoch / planned) if planned else self.image_size
+        size = self.size_schedule.epoch_size(epoch, planned) if planned else self.image_size
         if self.epoch_sizes.get(epoch - 1) != size:  # the first epoch, a resumed one, or a new phase
             log.info("progressive resizing (%s): epoch %d trains at %d px", self.size_schedule, epoch + 1, size)
         self.epoch_sizes[epoch] = size

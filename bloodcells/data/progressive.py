@@ -2,10 +2,11 @@
 
 Small inputs early are cheap steps (a 96-px step of lite0 costs about half a 128-px one), so
 a clocked run trains more of them; the last phase trains at the model's input size, the
-size validation, test and inference always use. Progress is the epoch over the length of
-the LR schedule (the time budget's fitted length when there is one), so the phases follow
-the schedule when the budget re-fits it. Sizes change only between epochs: a batch never
-mixes sizes.
+size validation, test and inference always use. Progress is measured on the length of the
+LR schedule (the time budget's fitted length when there is one), so the phases follow the
+schedule when the budget re-fits it. Sizes change only between epochs (a batch never mixes
+sizes): each epoch trains at the size of the phase that holds its middle step, so every
+phase gets its share of the steps to within half an epoch, however few epochs fit.
 """
 
 from __future__ import annotations
@@ -59,11 +60,19 @@ class SizeSchedule:
         """The training size at ``progress`` (0 = the first step, 1 = the end of the schedule)."""
         return next(size for start, size in reversed(self.phases) if progress >= start)
 
-    def relative_cost(self, progress: float, measured_size: int) -> float:
-        """A step's cost at ``progress`` over that of a step at ``measured_size``: the pixels a
-        convolutional network computes on scale with the area (the time budget's model of the
-        epochs it has not timed yet; every epoch re-times it)."""
-        return (self.size_at(progress) / measured_size) ** 2
+    def epoch_size(self, epoch: int, total: float) -> int:
+        """The size epoch ``epoch`` (0-based) of a ``total``-epoch schedule trains at: that of
+        the phase holding the epoch's middle step (the last epoch may be a part of one). By
+        its first step instead, the last phase of a 2.1-epoch run would get 0.1 of an epoch,
+        not half the run, and the model would meet the size it is tested at 33 s before the end."""
+        middle = epoch + min(1.0, max(0.0, total - epoch)) / 2
+        return self.size_at(middle / total)
+
+    def relative_cost(self, epoch: int, total: float, measured_size: int) -> float:
+        """A step's cost in epoch ``epoch`` of ``total`` over that of a step at ``measured_size``:
+        the pixels a convolutional network computes on scale with the area (the time budget's
+        model of the epochs it has not timed yet; every epoch re-times it)."""
+        return (self.epoch_size(epoch, total) / measured_size) ** 2
 
     def __repr__(self) -> str:
         return " -> ".join(f"{size} px from {start:g}" for start, size in self.phases)
