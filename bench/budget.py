@@ -10,7 +10,8 @@ the checkpoint with the default TTA (dihedral views, temperature fitted on val),
 time (the budget covers this) and the after-fit time (test + TTA/calibration callback).
 
 Results are appended to ``--results`` (JSON lines) as each run ends, so an interrupted
-bench keeps what it measured; ``--plot`` draws the curve from that file.
+bench keeps what it measured; ``--plot`` draws the figure from that file: a curve for each
+recipe measured at three or more budgets on one machine, a point for every other row.
 
     python bench/budget.py --runs "5" "10" "20" "30" "30 seed=7" "30 finetune=staged"
     python bench/budget.py --plot
@@ -44,7 +45,7 @@ def training_minutes(run_dir: Path) -> float | None:
     return round((last - stamps[0]).total_seconds() / 60, 2)
 
 
-def run_one(minutes: float, overrides: list[str], cache: Path) -> dict:
+def run_one(minutes: float, overrides: list[str], cache: Path, label: str) -> dict:
     run_dir = Path(tempfile.mkdtemp(prefix=f"budget-{minutes:g}min-"))
     log, wall = run_train(cache, run_dir, [f"callbacks.time_budget.minutes={minutes:g}", *overrides])
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -68,6 +69,7 @@ def run_one(minutes: float, overrides: list[str], cache: Path) -> dict:
         "budget_log": epochs[-1].split(" - ", 1)[-1] if epochs else "",  # the last re-fit decided the stop
         "run_dir": str(run_dir),
         "machine": f"{cpu_name()}, {os.cpu_count()} cores",
+        **({"label": label} if label else {}),
     }
 
 
@@ -79,22 +81,52 @@ def cpu_name() -> str:
     return "unknown CPU"
 
 
+def recipe(r: dict) -> tuple[str, str, str]:
+    """What makes rows one recipe: the overrides, the machine, and the ``label`` a row was
+    tagged with (``--label``: the framework changed under the same overrides)."""
+    return r["overrides"], r.get("machine", ""), r.get("label", "")
+
+
+def curves(results: list[dict]) -> dict[tuple[str, str, str], list[dict]]:
+    """Rows of one recipe on one machine at three or more budgets: a curve, one point per
+    budget (the mean where a budget ran more than once). The first machine's default-recipe
+    rows carry no ``machine``; every other row is a point of its own."""
+    groups: dict[tuple[str, str, str], list[dict]] = {}
+    for r in results:
+        groups.setdefault(recipe(r), []).append(r)
+    lines = {}
+    for key, rows in groups.items():
+        budgets = sorted({r["minutes"] for r in rows})
+        if len(budgets) < 3:
+            continue
+        lines[key] = [
+            {
+                name: sum(r[name] for r in rows if r["minutes"] == m) / sum(r["minutes"] == m for r in rows)
+                for name in ("minutes", "train_min", "plain_accuracy", "tta_accuracy")
+            }
+            for m in budgets
+        ]
+    return lines
+
+
 def plot(results: list[dict], path: Path) -> None:
     from matplotlib.figure import Figure
 
-    points = [r for r in results if r["overrides"] or "machine" in r]
+    lines = curves(results)
+    points = [r for r in results if recipe(r) not in lines]
     # the legend gets its own panel, as tall as its entries need: beside the axes it squeezed them
-    fig = Figure(figsize=(14, max(4.5, 0.17 * (len(points) + 2) + 0.8)), layout="constrained")
+    fig = Figure(figsize=(14, max(4.5, 0.17 * (len(points) + 2 * len(lines)) + 0.8)), layout="constrained")
     ax, legend_ax = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.5]})
-    curve = sorted((r for r in results if r not in points), key=lambda r: r["minutes"])
-    if curve:
+    for (overrides, machine, label), curve in lines.items():
+        name = f"{overrides or 'default recipe'}{', ' + machine if machine else ''}{', ' + label if label else ''}"
         fit = [r["train_min"] for r in curve]
-        ax.plot(fit, [100 * r["plain_accuracy"] for r in curve], "o-", label="default recipe")
-        ax.plot(fit, [100 * r["tta_accuracy"] for r in curve], "s--", label="default recipe + dihedral TTA")
+        (line,) = ax.plot(fit, [100 * r["plain_accuracy"] for r in curve], "o-", label=f"{name} (plain)")
+        ax.plot(fit, [100 * r["tta_accuracy"] for r in curve], "s--", color=line.get_color(), label=f"{name} + TTA")
     markers = "^vD<>ph*"  # with 10 colours: 80 points before a (colour, marker) pair repeats
     for i, r in enumerate(points):
         where = f", {r['machine']}" if "machine" in r else ""
         where += ", stop=step" if "stopping at step" in r.get("budget_log", "") else ""
+        where += f", {r['label']}" if r.get("label") else ""
         (point,) = ax.plot(
             r["train_min"],
             100 * r["plain_accuracy"],
@@ -118,13 +150,14 @@ def main() -> None:
     parser.add_argument("--runs", nargs="+", default=["5", "10", "20", "30", "30 seed=7", "30 finetune=staged"])
     parser.add_argument("--results", default=str(FIGURES / "budget.jsonl"))
     parser.add_argument("--plot", action="store_true", help="only draw the curve from --results")
+    parser.add_argument("--label", default="", help="tag the rows: the framework changed under the same overrides")
     args = parser.parse_args()
     results_file = Path(args.results)
     if not args.plot:
         cache = pbc96_cache()
         for spec in args.runs:
             minutes, *overrides = spec.split()
-            row = run_one(float(minutes), overrides, cache)
+            row = run_one(float(minutes), overrides, cache, args.label)
             print(f"RESULT {json.dumps(row)}", flush=True)
             with open(results_file, "a") as f:
                 f.write(json.dumps(row) + "\n")
