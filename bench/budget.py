@@ -51,7 +51,7 @@ def run_one(minutes: float, overrides: list[str], cache: Path, label: str) -> di
     summary = json.loads((run_dir / "summary.json").read_text())
     with open(run_dir / "comparison.csv") as f:
         rows = {row["variant"].split(" ")[0]: row for row in csv.DictReader(f)}
-    epochs = [line for line in log.splitlines() if "time budget" in line]
+    epochs = [line for line in log.splitlines() if "time budget" in line and " -> " in line]  # decisions, not warnings
     return {
         "minutes": minutes,
         "overrides": " ".join(overrides),
