@@ -37,8 +37,9 @@ of what each later epoch is expected to cost. ``model.compile=auto`` reads the s
 (``seconds_left``) before its trial compiles: a budget too short to win a compile back is
 not spent on one.
 
-The decision is logged with the override that repeats it without the clock, travels in the
-checkpoint (a resumed run keeps it), and under DDP rank 0 decides for every rank.
+The decision is logged with the override that repeats it without the clock (and again where
+training ends, with the step it really stopped at), travels in the checkpoint (a resumed run
+keeps it), and under DDP rank 0 decides for every rank.
 """
 
 from __future__ import annotations
@@ -162,6 +163,28 @@ class TimeBudget(pl.Callback):
         if first or stage_start or abs(self.epochs - before) >= 0.01 * self.epochs:  # not for a few steps
             size = trainer.datamodule.epoch_sizes[epoch] if schedule is not None else None
             self.log_decision(epoch, first, stage_start, seconds, compiling, cap, size)
+
+    def on_train_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        """Log where a clocked run really stopped: re-fits under 1% are not logged as they
+        happen, so the last decision's override can be a few steps off the run it repeats."""
+        if self.minutes is None or self.epochs is None:
+            return
+        minutes = (time.perf_counter() - self.start) / 60
+        if self.stop_step is None:
+            where = f"after {trainer.current_epoch} epochs"
+            repeat = f"trainer.max_epochs={trainer.current_epoch} callbacks.time_budget=null"
+        else:
+            per_epoch = steps_per_epoch(trainer) or 1
+            where = f"at step {trainer.global_step} ({trainer.global_step / per_epoch:.2f} epochs)"
+            repeat = f"callbacks.time_budget.minutes=null callbacks.time_budget.steps={trainer.global_step}"
+        log.info(
+            "time budget %g min: training ended %s, %.1f min after the fit started. To repeat this run without "
+            "the clock: %s",
+            self.minutes,
+            where,
+            minutes,
+            repeat,
+        )
 
     def log_decision(
         self, epoch: int, first: bool, stage_start: bool, seconds: float, compiling: float, cap: int, size: int | None

@@ -4,6 +4,7 @@ changes the layout and not the numbers."""
 
 from __future__ import annotations
 
+import logging
 import math
 
 import lightning.pytorch as pl
@@ -155,6 +156,24 @@ def test_step_budget_stops_inside_an_epoch_at_the_deadline_with_the_cosine_ended
     saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert saved["global_step"] == expected
     assert any(s.get("stop_step") == expected for key, s in saved["callbacks"].items() if "TimeBudget" in key)
+
+
+def test_the_step_a_clocked_run_really_stopped_at_is_logged_where_it_ends(tmp_path, monkeypatch, caplog):
+    # ~15 epochs of 14 steps: steps slow by 1% after the first epoch, and each re-fit moves
+    # the stopping step by a step or two, under 1% of the run, too little to log as it
+    # happens; the last decision logged names a step the run does not stop at, the line
+    # logged where training ends names the one it does
+    clock = StepClock([1.0, 1.01], validation_s=6.0)
+    monkeypatch.setattr(time_budget, "time", clock)
+    overrides = ["trainer.max_epochs=30", "callbacks.time_budget.minutes=5", "callbacks.early_stopping=null"]
+    cfg = compose_config("train", [*FAST, *overrides], tmp_path)
+    with caplog.at_level(logging.INFO, logger="bloodcells.train"):
+        trainer, _ = fit(cfg, clock)
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("time budget")]
+    decided = [line for line in said if " -> " in line]
+    assert decided and not decided[-1].endswith(f"steps={trainer.global_step}")
+    assert said[-1].startswith(f"time budget 5 min: training ended at step {trainer.global_step} (")
+    assert said[-1].endswith(f"callbacks.time_budget.minutes=null callbacks.time_budget.steps={trainer.global_step}")
 
 
 @pytest.mark.parametrize("stop", ["epoch", "step"])
