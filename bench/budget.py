@@ -51,7 +51,9 @@ def run_one(minutes: float, overrides: list[str], cache: Path, label: str) -> di
     summary = json.loads((run_dir / "summary.json").read_text())
     with open(run_dir / "comparison.csv") as f:
         rows = {row["variant"].split(" ")[0]: row for row in csv.DictReader(f)}
-    epochs = [line for line in log.splitlines() if "time budget" in line and " -> " in line]  # decisions, not warnings
+    said = [line.split(" - ", 1)[-1] for line in log.splitlines() if "time budget" in line]
+    ended = [line for line in said if "training ended" in line]  # the step the run really stopped at
+    decided = [line for line in said if " -> " in line]  # decisions, not the "only N fit" warning
     return {
         "minutes": minutes,
         "overrides": " ".join(overrides),
@@ -66,7 +68,8 @@ def run_one(minutes: float, overrides: list[str], cache: Path, label: str) -> di
         "fit_min": round(summary["fit_seconds"] / 60, 2),
         "after_fit_min": round((wall - summary["fit_seconds"]) / 60, 2),
         "best_checkpoint": Path(summary["best_checkpoint"]).name,
-        "budget_log": epochs[-1].split(" - ", 1)[-1] if epochs else "",  # the last re-fit decided the stop
+        # re-fits under 1% are not logged: the last decision can be steps off where the run stopped
+        "budget_log": (ended or decided or [""])[-1],
         "run_dir": str(run_dir),
         "machine": f"{cpu_name()}, {os.cpu_count()} cores",
         **({"label": label} if label else {}),
