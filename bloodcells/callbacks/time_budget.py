@@ -167,7 +167,7 @@ class TimeBudget(pl.Callback):
     def on_train_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         """Log where a clocked run really stopped: re-fits under 1% are not logged as they
         happen, so the last decision's override can be a few steps off the run it repeats."""
-        if self.minutes is None or self.epochs is None:
+        if self.minutes is None or self.epochs is None or not trainer.is_global_zero:
             return
         minutes = (time.perf_counter() - self.start) / 60
         if self.stop_step is None:

@@ -34,7 +34,7 @@ class StepLRs(pl.Callback):
 
 
 @pytest.mark.parametrize("stop", ["epoch", "step"])
-def test_time_budget_fits_whole_epochs_and_the_cosine_to_the_budget(tmp_path, monkeypatch, stop):
+def test_time_budget_fits_whole_epochs_and_the_cosine_to_the_budget(tmp_path, monkeypatch, caplog, stop):
     # the first epoch "takes" 100 s: a 5-minute budget holds 3 of the 10 epochs allowed (and
     # no part of a fourth: with stop=step too)
     clock = FakeClock(100.0)
@@ -42,8 +42,12 @@ def test_time_budget_fits_whole_epochs_and_the_cosine_to_the_budget(tmp_path, mo
     overrides = ["trainer.max_epochs=10", "callbacks.time_budget.minutes=5", f"callbacks.time_budget.stop={stop}"]
     cfg = compose_config("train", [*FAST, *overrides, "callbacks.early_stopping=null"], tmp_path)
     recorder = StepLRs()
-    trainer, _ = fit(cfg, recorder, clock)
+    with caplog.at_level(logging.INFO, logger="bloodcells.train"):
+        trainer, _ = fit(cfg, recorder, clock)
     assert trainer.current_epoch == 3 and len(recorder.lrs) == 3
+    ended = [r.getMessage() for r in caplog.records if "training ended" in r.getMessage()]
+    where = "after 3 epochs" if stop == "epoch" else f"at step {trainer.global_step} (3.00 epochs)"
+    assert len(ended) == 1 and f"training ended {where}, 5.0 min after the fit started" in ended[0]
     budget = next(c for c in trainer.callbacks if isinstance(c, TimeBudget))
     assert budget.epochs == 3
     scheduler = trainer.lr_scheduler_configs[0].scheduler
