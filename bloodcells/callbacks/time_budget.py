@@ -172,11 +172,11 @@ class TimeBudget(pl.Callback):
         minutes = (time.perf_counter() - self.start) / 60
         if self.stop_step is None:
             where = f"after {trainer.current_epoch} epochs"
-            repeat = f"trainer.max_epochs={trainer.current_epoch} callbacks.time_budget=null"
+            repeat = repeat_override(epochs=trainer.current_epoch)
         else:
             per_epoch = steps_per_epoch(trainer) or 1
             where = f"at step {trainer.global_step} ({trainer.global_step / per_epoch:.2f} epochs)"
-            repeat = f"callbacks.time_budget.minutes=null callbacks.time_budget.steps={trainer.global_step}"
+            repeat = repeat_override(steps=trainer.global_step)
         log.info(
             "time budget %g min: training ended %s, %.1f min after the fit started. To repeat this run without "
             "the clock: %s",
@@ -201,11 +201,11 @@ class TimeBudget(pl.Callback):
             timed += f" took {seconds:.0f} s"
         if self.stop_step is None:
             length = f"{self.epochs:g} epochs"
-            repeat = f"trainer.max_epochs={self.epochs:g} callbacks.time_budget=null"
+            repeat = repeat_override(epochs=self.epochs)
         else:
             timed += f" ({self.validation_seconds:.0f} s of it validating)"
             length = f"{self.epochs:.2f} epochs, stopping at step {self.stop_step}"
-            repeat = f"callbacks.time_budget.minutes=null callbacks.time_budget.steps={self.stop_step}"
+            repeat = repeat_override(steps=self.stop_step)
         why = "trainer.max_epochs" if self.epochs == cap else f"the {self.minutes:g}-minute budget"
         log.info(
             "time budget %g min: %s -> %s (limited by %s). To repeat this run without the clock: %s",
@@ -248,6 +248,13 @@ class TimeBudget(pl.Callback):
         self.epochs = state_dict.get("epochs")
         self.stop_step = state_dict.get("stop_step", self.stop_step)
         self.spent = state_dict.get("spent", 0.0)
+
+
+def repeat_override(epochs: float | None = None, steps: int | None = None) -> str:
+    """The overrides that repeat a clocked run without the clock: whole epochs, or a stopping step."""
+    if steps is not None:
+        return f"callbacks.time_budget.minutes=null callbacks.time_budget.steps={steps}"
+    return f"trainer.max_epochs={epochs:g} callbacks.time_budget=null"
 
 
 def epochs_that_fit(left: float, train_seconds: float, validation_seconds: float, steps_per_epoch: int) -> float:
