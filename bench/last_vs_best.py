@@ -7,7 +7,8 @@ not the last epoch, this scores both on the run's own test split with the evalua
 tta=none|dihedral``, one run dir after another (``bench/budget.py`` leaves them in the
 temp folder; its ``budget.jsonl`` names them). The best checkpoint's scores are the
 baseline of the same invocation; the run's own figures (``comparison.csv``) are printed
-beside them as a check that evaluate reproduces what train reported.
+beside them as a check that evaluate reproduces what train reported. Where the best
+checkpoint is the last one (the same optimizer step) it is scored once.
 
     python bench/last_vs_best.py /tmp/budget-30min-*
 """
@@ -59,6 +60,13 @@ def reported(run_dir: Path) -> dict[str, float]:
     return {"none": round(float(rows["plain"]["accuracy"]), 4), "dihedral": round(float(rows["tta"]["accuracy"]), 4)}
 
 
+def global_step(ckpt: Path) -> int:
+    """The optimizer step a checkpoint was written at: the best one is often the last too."""
+    import torch
+
+    return int(torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"])
+
+
 def compare(run_dir: Path, cache: Path) -> dict | None:
     summary = json.loads((run_dir / "summary.json").read_text())
     best, last = Path(summary["best_checkpoint"]), run_dir / "checkpoints" / "last.ckpt"
@@ -66,9 +74,10 @@ def compare(run_dir: Path, cache: Path) -> dict | None:
         print(f"{run_dir}: no best and last checkpoint to compare; skipped", flush=True)
         return None
     row = {"run_dir": str(run_dir), "best": best.name, "reported": reported(run_dir)}
+    best_is_last = global_step(best) == global_step(last)
     for tta in TTAS:
         row[f"best_{tta}"] = score(best, tta, cache)
-        row[f"last_{tta}"] = score(last, tta, cache)
+        row[f"last_{tta}"] = row[f"best_{tta}"] if best_is_last else score(last, tta, cache)
         gain = row[f"last_{tta}"]["correct"] - row[f"best_{tta}"]["correct"]
         print(
             f"{run_dir.name} tta={tta}: best ({best.name}) {row[f'best_{tta}']['accuracy']:.4f}"
