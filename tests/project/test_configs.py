@@ -88,6 +88,7 @@ def test_cpu_30min_is_the_recipe_its_benchmark_rows_ran(tmp_path: Path) -> None:
             "data.image_size=128",
             "loss.label_smoothing=0.1",
             "data.progressive=[[0,96],[0.5,128]]",
+            "optim.lr=2e-3",
             "callbacks.time_budget.minutes=30",
             "task_name=cpu_30min",
         ],
