@@ -5,7 +5,11 @@ images already in memory) in one process per variant, timed over ``--steps`` ste
 warm-up steps; the baseline is the first variant (NCHW fp32, batch 64), run in the same
 invocation. ``compile`` includes no compile time (warm-up absorbs it; it is reported).
 
-    python bench/cpu_step.py [--variants nchw cl bf16 cl_bf16 cl_compile] [--steps 15]
+    python bench/cpu_step.py [--variants nchw cl bf16 cl_bf16 cl_bf16_dw32 cl_compile] [--steps 15]
+        [--size 96]
+
+``dw32``: bf16 autocast with the depthwise convolutions kept in float32, as the framework
+runs ``trainer.precision=bf16-mixed`` on CPU (``bloodcells.models.cpu_precision``).
 """
 
 from __future__ import annotations
@@ -22,11 +26,14 @@ import torch.nn.functional as F
 from common import emit, pbc96_cache
 
 from bloodcells.models.backbones import create_backbone
+from bloodcells.models.cpu_precision import keep_depthwise_float32
 
 
-def one_variant(name: str, batch: int, steps: int) -> dict:
+def one_variant(name: str, batch: int, steps: int, size: int) -> dict:
     torch.manual_seed(0)
     backbone = create_backbone("tf_efficientnet_lite0", True, "offline:lite0", 0.2)
+    if "dw32" in name.split("_"):
+        keep_depthwise_float32(backbone)
     model = torch.nn.Sequential(backbone, torch.nn.Linear(backbone.num_features, 8))
     channels_last = "cl" in name.split("_")
     if channels_last:
@@ -40,6 +47,8 @@ def one_variant(name: str, batch: int, steps: int) -> dict:
     def step() -> None:
         idx = torch.randint(0, len(images), (batch,))
         x = (images[idx].float() - 127.5) / 127.5
+        if size != x.shape[-1]:
+            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=False)
         if torch.rand(()) < 0.5:
             x = x.flip(3)
         x = torch.rot90(x, int(torch.randint(0, 4, ())), (2, 3))
@@ -61,6 +70,7 @@ def one_variant(name: str, batch: int, steps: int) -> dict:
     return {
         "variant": name,
         "batch": batch,
+        "size": size,
         "img_s": round(steps * batch / (time.perf_counter() - start), 1),
         "warmup_s": round(warmup_s, 1),
     }
@@ -71,17 +81,27 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=["nchw", "cl", "bf16", "cl_bf16", "cl_compile"])
     parser.add_argument("--batches", nargs="+", type=int, default=[64])
     parser.add_argument("--steps", type=int, default=15)
+    parser.add_argument("--size", type=int, default=96, help="input pixels (pbc96's cells resized)")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:  # child process: one variant, fresh allocator and compile caches
         name, batch = args.one.split(":")
-        print(json.dumps(one_variant(name, int(batch), args.steps)))
+        print(json.dumps(one_variant(name, int(batch), args.steps, args.size)))
         return
     rows = []
     for batch in args.batches:
         for name in args.variants:
             out = subprocess.run(
-                [sys.executable, __file__, "--one", f"{name}:{batch}", "--steps", str(args.steps)],
+                [
+                    sys.executable,
+                    __file__,
+                    "--one",
+                    f"{name}:{batch}",
+                    "--steps",
+                    str(args.steps),
+                    "--size",
+                    str(args.size),
+                ],
                 capture_output=True,
                 text=True,
                 check=True,
@@ -94,6 +114,7 @@ def main() -> None:
         {
             "bench": "cpu_step",
             "threads": torch.get_num_threads(),
+            "size": args.size,
             "results": rows,
         }
     )

@@ -22,6 +22,7 @@ from bloodcells.core.compat import attached_trainer
 from bloodcells.data.datamodule import DATA_RECORD
 from bloodcells.models.backbones import backbone_norm, create_backbone
 from bloodcells.models.compiled import TrainingCompiler
+from bloodcells.models.cpu_precision import cpu_flags, keep_depthwise_float32, precision_advice
 from bloodcells.models.finetune import FinetuneSchedule, backbone_blocks, batchnorm_blocks
 from bloodcells.models.heads import MLPHead
 from bloodcells.models.hparams import check_hparams
@@ -104,6 +105,7 @@ class CellClassifier(pl.LightningModule):
         self.backbone = create_backbone(backbone, pretrained, weights, drop_rate, drop_path_rate)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.backbone.to(memory_format=self.memory_format)
+        keep_depthwise_float32(self.backbone)  # CPU bf16-mixed: faster than fp32 with AMX, not slower
         mean, std = backbone_norm(self.backbone)
         self.stain = STAIN_NORMS[stain_norm]() if stain_norm != "none" else None
         """Stain normalisation to the training split's LAB statistics (a buffer in the checkpoint)."""
@@ -236,6 +238,9 @@ class CellClassifier(pl.LightningModule):
     def on_train_start(self) -> None:
         self._set_up_schedule()
         self._set_up_compile()
+        advice = precision_advice(str(self.trainer.precision), self.device.type, cpu_flags())
+        if advice and self.trainer.is_global_zero:
+            log.info("%s", advice)
 
     def _set_up_schedule(self) -> None:
         """A per-step schedule learns the epoch length here, once the train loader is sized

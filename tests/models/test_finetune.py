@@ -10,6 +10,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
+from bloodcells.models.cpu_precision import is_depthwise
 from bloodcells.models.finetune import FinetuneSchedule, Stage
 from bloodcells.runs.build import build_datamodule, build_model, build_trainer
 from bloodcells.runs.evaluate import evaluate
@@ -188,18 +189,26 @@ def test_ddp_cpu_two_processes_one_run_dir_same_test_metrics(tmp_path):
 
 
 def test_bf16_mixed_on_cpu_computes_the_forward_pass_in_bfloat16(train_cfg):
+    """...except the depthwise convolutions, kept in float32 on CPU (``models.cpu_precision``)."""
+
     class DtypeRecorder(pl.Callback):
         def __init__(self) -> None:
-            self.dtypes: set[torch.dtype] = set()
+            self.dtypes: dict[str, set[torch.dtype]] = {"head": set(), "depthwise": set(), "pointwise": set()}
+
+        def record(self, key: str):
+            return lambda mod, args, out: self.dtypes[key].add(out.dtype)
 
         def on_train_start(self, trainer, module) -> None:
-            module.head.register_forward_hook(lambda mod, args, out: self.dtypes.add(out.dtype))
+            module.head.register_forward_hook(self.record("head"))
+            for m in module.backbone.modules():
+                if isinstance(m, torch.nn.Conv2d):
+                    m.register_forward_hook(self.record("depthwise" if is_depthwise(m) else "pointwise"))
 
     recorder = DtypeRecorder()
     model = fit_with(
         train_cfg("trainer.precision=bf16-mixed", "+trainer.fast_dev_run=true", "callbacks=none"), recorder
     )
-    assert recorder.dtypes == {torch.bfloat16}
+    assert recorder.dtypes == {"head": {torch.bfloat16}, "depthwise": {torch.float32}, "pointwise": {torch.bfloat16}}
     assert all(p.dtype == torch.float32 for p in model.parameters())  # mixed: weights stay fp32
 
 
