@@ -23,11 +23,26 @@ class Float32UnderCpuAutocast:
     """Mixin for a convolution: leave CPU autocast, compute in the weights' dtype (float32
     under ``bf16-mixed``)."""
 
+    original_class: type
+    """The layer's class before the swap (set on each generated subclass)."""
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
             with torch.autocast("cpu", enabled=False):
                 return super().forward(x.to(self.weight.dtype))
         return super().forward(x)
+
+    def __reduce_ex__(self, protocol: int) -> tuple:
+        # the generated class has no importable name: pickle (torch.save of a whole model,
+        # spawned workers) and deepcopy rebuild the original layer and swap it again
+        return _rebuild_kept, (self.original_class, self.__dict__)
+
+
+def _rebuild_kept(original_class: type, state: dict) -> nn.Module:
+    module = original_class.__new__(original_class)
+    module.__dict__.update(state)
+    keep_depthwise_float32(module)
+    return module
 
 
 _SUBCLASSES: dict[type, type] = {}
@@ -46,7 +61,9 @@ def keep_depthwise_float32(model: nn.Module) -> int:
         cls = type(module)
         if is_depthwise(module) and not issubclass(cls, Float32UnderCpuAutocast):
             if cls not in _SUBCLASSES:
-                _SUBCLASSES[cls] = type(f"Float32{cls.__name__}", (Float32UnderCpuAutocast, cls), {})
+                _SUBCLASSES[cls] = type(
+                    f"Float32{cls.__name__}", (Float32UnderCpuAutocast, cls), {"original_class": cls}
+                )
             module.__class__ = _SUBCLASSES[cls]
             changed += 1
     return changed

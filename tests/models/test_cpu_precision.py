@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import pickle
 
 import pytest
 import torch
@@ -61,7 +62,9 @@ def test_the_swap_keeps_names_weights_outputs_and_conv2d_same_padding():
     assert list(model.state_dict()) == list(before.state_dict())
     x = torch.randn(2, 3, 64, 64)
     assert torch.equal(model(x), before(x))  # outside autocast nothing changes
-    assert isinstance(next(m for m in copy.deepcopy(model).modules() if is_depthwise(m)), Float32UnderCpuAutocast)
+    for twin in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):  # EMA copies, torch.save(model)
+        assert [type(m) for m in twin.modules()] == [type(m) for m in model.modules()]
+        assert torch.equal(twin(x), before(x))
 
 
 def test_under_autocast_the_backbone_mixes_bfloat16_pointwise_and_float32_depthwise_layers():
