@@ -5,10 +5,11 @@ EfficientNet's arithmetic, about 4x faster in bfloat16 than in float32, but comp
 weight gradient of a depthwise convolution several times slower. Under
 ``trainer.precision=bf16-mixed`` the lite0 training step therefore ran at 0.68-0.78x the
 float32 one; with the depthwise layers kept in float32 under CPU autocast it runs at
-1.11-1.14x, and a 30-minute budget fits 1.15x the steps (BENCHMARKS.md, "bf16 on a CPU with
-AMX"). The swap changes the layers' class only: parameters, names and state_dict keys stay
-as they were, and outside CPU autocast they compute exactly as before. Without AMX bf16 stays
-slower than float32, so the precision is the user's choice; a fit logs which one pays.
+1.11-1.14x, and a 30-minute budget at 128 px fits 1.15x the steps (at 96 px inside the
+framework: level; BENCHMARKS.md, "bf16 on a CPU with AMX"). The swap changes the layers'
+class only: parameters, names and state_dict keys stay as they were, and outside CPU autocast
+they compute exactly as before. Without AMX bf16 stays slower than float32, so the precision
+is the user's choice; a fit logs which one pays.
 """
 
 from __future__ import annotations
@@ -84,17 +85,17 @@ def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str] | None:
 def precision_advice(precision: str, device_type: str, flags: set[str] | None) -> str | None:
     """A line for the log where ``trainer.precision`` is the slower choice on this CPU.
 
-    Only a CPU with AMX runs bfloat16 convolutions faster than float32 (1.15x epochs for lite0
-    at 128 px; without AMX the bf16 step was 0.87-0.91x: BENCHMARKS.md). Off CPU, or where
-    the flags are unknown, there is nothing to say."""
+    Only a CPU with AMX runs bfloat16 convolutions faster than float32 (1.15x the steps for
+    lite0 at 128 px in a 30-minute budget, level at 96 px; without AMX the bf16 step was
+    0.87-0.92x: BENCHMARKS.md). Off CPU, or where the flags are unknown, there is nothing to say."""
     if device_type != "cpu" or flags is None:
         return None
     amx = "amx_bf16" in flags
     bf16 = precision.startswith(("bf16", "16"))
     if amx and not bf16:
         return (
-            f"this CPU has AMX: trainer.precision=bf16-mixed trains about 1.15x faster than {precision} "
-            "(BENCHMARKS.md, 'bf16 on a CPU with AMX')"
+            f"this CPU has AMX: trainer.precision=bf16-mixed trained lite0 at 128 px 1.15x faster than {precision} "
+            "(level at 96 px; BENCHMARKS.md, 'bf16 on a CPU with AMX')"
         )
     if bf16 and not amx:
         return f"trainer.precision={precision} on a CPU without AMX: slower than 32-true here (BENCHMARKS.md)"
