@@ -31,11 +31,12 @@ from bloodcells.models.cpu_precision import keep_depthwise_float32
 
 def one_variant(name: str, batch: int, steps: int, size: int) -> dict:
     torch.manual_seed(0)
+    tokens = name.split("_")
     backbone = create_backbone("tf_efficientnet_lite0", True, "offline:lite0", 0.2)
-    if "dw32" in name.split("_"):
+    if "dw32" in tokens:
         keep_depthwise_float32(backbone)
     model = torch.nn.Sequential(backbone, torch.nn.Linear(backbone.num_features, 8))
-    channels_last = "cl" in name.split("_")
+    channels_last = "cl" in tokens
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), 1e-3)
