@@ -63,6 +63,9 @@ def run_one(minutes: float, overrides: list[str], cache: Path, label: str) -> di
         "tta_balanced_accuracy": round(float(rows["tta"]["balanced_accuracy"]), 4),
         "plain_macro_f1": round(float(rows["plain"]["macro_f1"]), 4),
         "plain_balanced_accuracy": round(float(rows["plain"]["balanced_accuracy"]), 4),
+        # test images TTA got right that the plain model missed, and the converse
+        "tta_fixed": int(rows["tta"]["fixed"]),
+        "tta_broken": int(rows["tta"]["broken"]),
         "n_test": summary["n"],
         "train_min": training_minutes(run_dir),
         "fit_min": round(summary["fit_seconds"] / 60, 2),
